@@ -1,0 +1,287 @@
+"""Non-differentiable ("hard") functions and their registry.
+
+Call contract of every registered hard function: ``fn(x, **params) -> Tensor`` where ``x`` has
+shape ``(B, *F)`` (a batch of samples with feature shape ``F``), and the result has shape
+``(B, *out_shape(F, **params))``. Functions act on each sample independently (nothing mixes
+the batch), so a result never depends on what else is in the batch or on its size.
+
+Non-finite input has a documented result, never a silent wrong one, and costs no host sync:
+an output element that depends on a NaN input is NaN. Per function:
+
+========== ==========================================================================
+signum     NaN -> NaN; +-Inf -> +-1 (they are beyond any margin).
+binary     the whole sample is NaN if its mean is NaN (a NaN, or both +Inf and -Inf);
+           with only +Inf present the mean is +Inf and exactly the +Inf entries are 1.
+sort       NaN sorts as larger than +Inf (torch.sort's order); +-Inf sort as numbers.
+sort_rowcol, topk   as sort, along each row and each column.
+kmeans     a sample with any NaN or +-Inf gives an all-NaN sample (centroids undefined).
+bernoulli  NaN -> NaN; +Inf -> 1, -Inf -> 0 (sigmoid's limits).
+========== ==========================================================================
+
+Choices the paper leaves open are written next to each function.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from dab_core.registry import Registry, UnknownNameError
+
+Shape = tuple[int, ...]
+HardFn = Callable[..., torch.Tensor]
+OutShapeFn = Callable[..., Shape]
+
+
+def _same_shape(in_shape: Shape, **_: Any) -> Shape:
+    return tuple(in_shape)
+
+
+@dataclass(frozen=True)
+class HardFunctionDef:
+    """A registered hard function: the callable, its output shape rule and its parameters."""
+
+    name: str
+    fn: HardFn
+    out_shape: OutShapeFn = _same_shape
+    elementwise: bool = False
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    def bind(self, **params: Any) -> BoundHardFunction:
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            accepted = ", ".join(sorted(self.defaults)) or "none"
+            raise TypeError(
+                f"hard function {self.name!r}: unknown parameter {unknown[0]!r}; accepts: {accepted}"
+            )
+        merged = {**self.defaults, **params}
+        missing = sorted(k for k, v in merged.items() if v is inspect.Parameter.empty)
+        if missing:
+            raise TypeError(f"hard function {self.name!r}: parameter {missing[0]!r} is required")
+        return BoundHardFunction(self, merged)
+
+
+@dataclass(frozen=True)
+class BoundHardFunction:
+    """A hard function with its parameters fixed: what a `DAB` bridge holds."""
+
+    definition: HardFunctionDef
+    params: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    @property
+    def elementwise(self) -> bool:
+        return self.definition.elementwise
+
+    def out_shape(self, in_shape: Shape | int) -> Shape:
+        """Per-sample output shape for per-sample input shape `in_shape`."""
+        shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
+        return tuple(self.definition.out_shape(shape, **self.params))
+
+    def preserves_shape(self, in_shape: Shape | int) -> bool:
+        shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
+        return self.out_shape(shape) == shape
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2:
+            raise ValueError(
+                f"hard function {self.name!r} expects a batch of shape (B, *features), "
+                f"got shape {tuple(x.shape)}"
+            )
+        self.out_shape(tuple(x.shape[1:]))  # validates the shape with a clear message
+        return self.definition.fn(x, **self.params)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{self.name}({args})"
+
+
+class HardFunctionRegistry(Registry[HardFunctionDef]):
+    """Registry of hard functions.
+
+    ``get(name, **params)`` returns a `BoundHardFunction`, called as ``f(x)`` on ``(B, *F)``.
+    Register your own with the decorator::
+
+        @hard_functions.register("clip01", elementwise=True)
+        def clip01(x, lo: float = 0.0):
+            return x.clamp(lo, 1.0)
+
+    or from an installed package through the entry-point group ``dab_core.hard_functions``.
+    """
+
+    def register(  # type: ignore[override]
+        self, name: str, *, out_shape: OutShapeFn | None = None, elementwise: bool = False
+    ) -> Callable[[HardFn], HardFn]:
+        def deco(fn: HardFn) -> HardFn:
+            sig = inspect.signature(fn)
+            params = list(sig.parameters.values())[1:]  # the first is the input tensor
+            defaults = {p.name: p.default for p in params}
+            self.add(
+                name,
+                HardFunctionDef(name, fn, out_shape or _same_shape, elementwise, defaults),
+            )
+            return fn
+
+        return deco
+
+    def get(self, name: str, **params: Any) -> BoundHardFunction:
+        return self.lookup(name).bind(**params)
+
+
+hard_functions = HardFunctionRegistry("hard function", entry_point_group="dab_core.hard_functions")
+
+
+def _nan_where(mask: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask, torch.full_like(out, math.nan), out)
+
+
+# -- signum ------------------------------------------------------------------------------------
+
+
+def _signum_shape(in_shape: Shape, eps: float = 0.5) -> Shape:
+    if not eps >= 0:
+        raise ValueError(f"signum: eps must be >= 0, got {eps!r}")
+    return in_shape
+
+
+@hard_functions.register("signum", out_shape=_signum_shape, elementwise=True)
+def signum(x: torch.Tensor, eps: float = 0.5) -> torch.Tensor:
+    """Epsilon-margin signum (paper eq. 11): -1 below -eps, +1 above eps, 0 in [-eps, eps]."""
+    out = (x > eps).to(x.dtype) - (x < -eps).to(x.dtype)
+    return torch.where(torch.isnan(x), x, out)
+
+
+# -- binary ------------------------------------------------------------------------------------
+
+
+@hard_functions.register("binary")
+def binary(x: torch.Tensor) -> torch.Tensor:
+    """1 where x >= the mean of its own sample (over all features), else 0 (paper, section 5.2)."""
+    mean = x.flatten(1).mean(dim=1).view(-1, *([1] * (x.dim() - 1)))  # (B, 1, ..., 1)
+    out = (x >= mean).to(x.dtype)
+    return _nan_where(torch.isnan(mean).expand_as(out), out)
+
+
+# -- sorting family ----------------------------------------------------------------------------
+
+
+@hard_functions.register("sort")
+def sort(x: torch.Tensor, descending: bool = False) -> torch.Tensor:
+    """Flatten each sample, sort it, and give it back in the input's shape.
+
+    Keeping the shape is what lets STE run on it (paper, Figure 6 right: "flatten the feature
+    map and run a single sort operation. This allows us to utilize the STE").
+    """
+    return x.flatten(1).sort(dim=1, descending=descending).values.view_as(x)
+
+
+def _rowcol_shape(in_shape: Shape, descending: bool = False) -> Shape:
+    if len(in_shape) < 2:
+        raise ValueError(
+            "sort_rowcol needs at least 2 feature dimensions (rows, columns) per sample, "
+            f"got feature shape {in_shape}"
+        )
+    return (2 * math.prod(in_shape),)
+
+
+@hard_functions.register("sort_rowcol", out_shape=_rowcol_shape)
+def sort_rowcol(x: torch.Tensor, descending: bool = False) -> torch.Tensor:
+    """sort-row(x) ⊕ sort-col(x) (paper, Table 2), flattened: (B, *F) -> (B, 2 * prod(F)).
+
+    Rows and columns are the last two feature dimensions; leading feature dimensions
+    (channels) are kept apart. The result is flat because the concatenation changes the size.
+    """
+    rows = x.sort(dim=-1, descending=descending).values
+    cols = x.sort(dim=-2, descending=descending).values
+    return torch.cat([rows.flatten(1), cols.flatten(1)], dim=1)
+
+
+def _topk_shape(in_shape: Shape, k: int, descending: bool = True) -> Shape:
+    total = _rowcol_shape(in_shape)[0]
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= total:
+        raise ValueError(f"topk: k must be an integer in [1, {total}] for feature shape {in_shape}, got {k!r}")
+    return (k,)
+
+
+@hard_functions.register("topk", out_shape=_topk_shape)
+def topk(x: torch.Tensor, k: int, descending: bool = True) -> torch.Tensor:
+    """The first k entries of sort_rowcol (paper, Table 2: "(sort-row(x) ⊕ sort-col(x))[0:k]").
+
+    Sorted descending by default so that "first k" are the largest of each sorted row, which is
+    what the name promises; the paper does not say.
+    """
+    return sort_rowcol(x, descending=descending)[:, :k]
+
+
+# -- kmeans ------------------------------------------------------------------------------------
+
+
+def _kmeans_shape(in_shape: Shape, k: int = 10, iters: int = 10) -> Shape:
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"kmeans: k must be an integer >= 1, got {k!r}")
+    if not isinstance(iters, int) or iters < 0:
+        raise ValueError(f"kmeans: iters must be an integer >= 0, got {iters!r}")
+    return in_shape
+
+
+@hard_functions.register("kmeans", out_shape=_kmeans_shape)
+def kmeans(x: torch.Tensor, k: int = 10, iters: int = 10) -> torch.Tensor:
+    """Per-sample 1-D k-means: each value is replaced by the centroid of its cluster.
+
+    Axis (the paper leaves it open): the scalar values of one sample are clustered, not the
+    samples of a batch. Clustering across the batch would make a sample's output depend on
+    its batch-mates and on the batch size (eval with batch 1 would be meaningless); clustering
+    spatial positions would need a minimum number of positions. Values quantised to k levels
+    keep the input's shape, so STE applies too. Lloyd's algorithm, `iters` rounds, centroids
+    initialised at evenly spaced quantiles (deterministic, no RNG); an empty cluster keeps
+    its centroid; ties go to the lower centroid.
+    """
+    v = x.flatten(1)  # (B, N)
+    n = v.shape[1]
+    finite = torch.isfinite(v).all(dim=1, keepdim=True)  # (B, 1)
+    v_safe = torch.where(finite, v, torch.zeros_like(v))
+    idx = torch.linspace(0, n - 1, k, device=x.device).round().long()
+    centroids = v_safe.sort(dim=1).values[:, idx]  # (B, k)
+    ones = torch.ones_like(v_safe)
+
+    def nearest(c: torch.Tensor) -> torch.Tensor:
+        return (v_safe.unsqueeze(2) - c.unsqueeze(1)).abs().argmin(dim=2)  # (B, N)
+
+    for _ in range(iters):
+        assign = nearest(centroids)
+        sums = torch.zeros_like(centroids).scatter_add_(1, assign, v_safe)
+        counts = torch.zeros_like(centroids).scatter_add_(1, assign, ones)
+        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+    out = centroids.gather(1, nearest(centroids))
+    return _nan_where((~finite).expand_as(out), out).view_as(x)
+
+
+# -- bernoulli ---------------------------------------------------------------------------------
+
+
+@hard_functions.register("bernoulli", elementwise=True)
+def bernoulli(x: torch.Tensor) -> torch.Tensor:
+    """A sample z ~ Bern(sigmoid(x)), no reparameterisation (paper, dab-bernoulli).
+
+    Draws from torch's global RNG, which trial checkpoints save and restore.
+    """
+    p = torch.sigmoid(x)
+    out = (torch.rand_like(p) < p).to(x.dtype)
+    return torch.where(torch.isnan(x), x, out)
+
+
+__all__ = [
+    "BoundHardFunction",
+    "HardFunctionDef",
+    "HardFunctionRegistry",
+    "UnknownNameError",
+    "hard_functions",
+]

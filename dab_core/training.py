@@ -1,0 +1,211 @@
+"""The training loop every experiment family shares. It knows nothing of Ray or MLflow: it
+calls ``report(metrics, checkpoint_dir)`` as it goes and resumes from a checkpoint directory.
+
+Checkpoints hold the model and optimiser states, the step, and the RNG states, so a trial
+stopped at step k and resumed continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from dab_core.config import TrialConfig
+
+Report = Callable[[dict[str, float], "str | None"], None]
+CHECKPOINT_FILE = "trial.pt"
+CHECKPOINT_FORMAT = 1
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state_dict: dict[str, Any], /) -> Any: ...
+
+
+class Task(abc.ABC):
+    """One trial of an experiment family, built as ``Task(config, device)``.
+
+    The training loop calls `train_step` for every step and `evaluate` at report points.
+    `train_step` returns detached scalar tensors: converting them to floats would force a host
+    sync on every step, so the loop averages them on the device and converts at report time.
+    """
+
+    def __init__(self, config: TrialConfig, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+
+    @abc.abstractmethod
+    def state(self) -> Mapping[str, Stateful]:
+        """The objects whose state a checkpoint must hold (models, optimisers)."""
+
+    @abc.abstractmethod
+    def train_step(self, step: int) -> dict[str, torch.Tensor]:
+        """One optimiser step; `step` counts from 0. Returns detached scalar tensors."""
+
+    @abc.abstractmethod
+    def evaluate(self) -> dict[str, float]:
+        """Held-out metrics for the current parameters."""
+
+    def samples_per_step(self) -> int:
+        return 1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("config asks for device 'cuda' but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(directory: str | os.PathLike[str], task: Task, step: int) -> Path:
+    """Write the task's state at `step` into `directory` atomically (temp file, then rename)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "step": step,
+        "config": task.config.model_dump(),
+        "state": {name: obj.state_dict() for name, obj in task.state().items()},
+        "rng": _rng_state(),
+    }
+    path = directory / CHECKPOINT_FILE
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".trial-", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(directory: str | os.PathLike[str], task: Task) -> int:
+    """Restore the task from `directory`; returns the number of steps already done."""
+    path = Path(directory) / CHECKPOINT_FILE
+    payload = torch.load(path, map_location=task.device, weights_only=False)
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: unsupported checkpoint format {payload.get('format')!r}")
+    state = task.state()
+    missing = sorted(set(state) - set(payload["state"]))
+    if missing:
+        raise ValueError(f"{path}: checkpoint has no state for {missing}")
+    for name, obj in state.items():
+        obj.load_state_dict(payload["state"][name])
+    _set_rng_state(payload["rng"])
+    return int(payload["step"])
+
+
+def has_checkpoint(directory: str | os.PathLike[str] | None) -> bool:
+    return directory is not None and (Path(directory) / CHECKPOINT_FILE).is_file()
+
+
+def fit(task: Task, report: Report | None = None, checkpoint_dir: str | None = None) -> dict[str, float]:
+    """Train `task` to ``config.steps``, reporting every ``eval_every`` steps and at the end.
+
+    Reports carry a checkpoint directory every ``checkpoint_every`` steps and at the end; the
+    directory is temporary and removed once `report` returns (a caller that keeps it copies it,
+    as Ray Tune does). Returns the last report's metrics.
+    """
+    cfg = task.config
+    start = load_checkpoint(checkpoint_dir, task) if has_checkpoint(checkpoint_dir) else 0
+    sums: dict[str, torch.Tensor] = {}
+    count = 0
+    metrics: dict[str, float] = {}
+    last_time = time.perf_counter()
+    for step in range(start, cfg.steps):
+        for key, value in task.train_step(step).items():
+            sums[key] = sums[key] + value if key in sums else value.clone()
+        count += 1
+        done = step + 1
+        if done % cfg.eval_every and done != cfg.steps:
+            continue
+        train = {key: float(total) / count for key, total in sums.items()}
+        now = time.perf_counter()
+        metrics = {
+            "step": float(done),
+            **train,
+            **task.evaluate(),
+            "samples_per_s": count * task.samples_per_step() / max(now - last_time, 1e-9),
+        }
+        sums, count = {}, 0
+        if report is not None:
+            if done % cfg.checkpoint_interval == 0 or done == cfg.steps:
+                tmp = tempfile.mkdtemp(prefix="dab-ckpt-")
+                try:
+                    save_checkpoint(tmp, task, done)
+                    report(metrics, tmp)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                report(metrics, None)
+        last_time = time.perf_counter()
+    return metrics
+
+
+def build_task(config: TrialConfig) -> Task:
+    """Seed torch, pick the device and build the family's task for `config`."""
+    from dab_core.experiments import experiments
+
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    return experiments.lookup(config.experiment).task_cls(config, device)
+
+
+def run_trial(
+    config: Mapping[str, Any],
+    report: Report | None = None,
+    checkpoint_dir: str | None = None,
+) -> dict[str, float]:
+    """Run one trial of any registered experiment family from a plain config dict.
+
+    Args:
+        config: the trial's config; ``config["experiment"]`` names the family, whose typed
+            config validates the rest (pydantic ValidationError naming the field otherwise).
+        report: called as ``report(metrics, checkpoint_dir_or_None)`` at every report point.
+        checkpoint_dir: a directory written by an earlier report of this trial; the trial
+            resumes from it (model, optimiser, step, RNG state).
+
+    Returns:
+        The metrics of the final report.
+    """
+    from dab_core.experiments import parse_config
+
+    return fit(build_task(parse_config(config)), report, checkpoint_dir)
+
+
+__all__ = [
+    "Report",
+    "Task",
+    "build_task",
+    "fit",
+    "has_checkpoint",
+    "load_checkpoint",
+    "resolve_device",
+    "run_trial",
+    "save_checkpoint",
+]
