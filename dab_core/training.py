@@ -127,10 +127,13 @@ def fit(task: Task, report: Report | None = None, checkpoint_dir: str | None = N
 
     Reports carry a checkpoint directory every ``checkpoint_every`` steps and at the end; the
     directory is temporary and removed once `report` returns (a caller that keeps it copies it,
-    as Ray Tune does). Returns the last report's metrics.
+    as Ray Tune does). Returns the last report's metrics (a trial resumed from its final
+    checkpoint trains no more and returns a fresh evaluation).
     """
     cfg = task.config
     start = load_checkpoint(checkpoint_dir, task) if has_checkpoint(checkpoint_dir) else 0
+    if start >= cfg.steps:  # resumed from the final checkpoint: nothing left to train
+        return {"step": float(start), **task.evaluate()}
     sums: dict[str, torch.Tensor] = {}
     count = 0
     metrics: dict[str, float] = {}

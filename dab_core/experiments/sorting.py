@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch import nn
 
 from dab_core.approximators import mlp
@@ -80,8 +80,19 @@ class SortingConfig(TrialConfig):
     @field_validator("hard")
     @classmethod
     def _known_hard(cls, name: str) -> str:
-        hard_functions.lookup(name)  # UnknownNameError lists the known names
+        if name not in hard_functions:
+            raise ValueError(f"unknown hard function {name!r}; known: {', '.join(hard_functions.names())}")
         return name
+
+    @field_validator("hard_params")
+    @classmethod
+    def _hard_accepts_params(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if "hard" in info.data:  # else the hard name itself was wrong, and says so
+            try:
+                hard_functions.get(info.data["hard"], **params)
+            except TypeError as e:
+                raise ValueError(str(e)) from None
+        return params
 
     @field_validator("dense_hidden", "approximator_hidden")
     @classmethod
@@ -104,9 +115,13 @@ class SortingConfig(TrialConfig):
         if self.resolved_estimator in ("dab", "ste"):
             hard = hard_functions.get(self.hard, **self.hard_params)
             width = self.bridge_width
-            out = hard.out_shape((width,))  # raises with the function's own message
+            where = f"hard {hard!r} at the bridge of {self.model} (feature shape ({width},))"
+            try:
+                out = hard.out_shape((width,))
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
             if self.resolved_estimator == "ste" and out != (width,):
-                raise ValueError(f"estimator 'ste' needs a shape-preserving hard function; {hard!r} maps ({width},) to {out}")
+                raise ValueError(f"{where}: estimator 'ste' needs a shape-preserving hard function, got output {out}")
         return self
 
     @property
