@@ -104,18 +104,32 @@ def time_demo(seq_len: int, steps: int, warmup: int, rows: int, workers: int) ->
     torch.manual_seed(0)
     latent = 256
     approximator = nn.Sequential(
-        nn.Linear(latent, latent // 2), nn.Tanh(), nn.Linear(latent // 2, latent // 2), nn.Tanh(),
+        nn.Linear(latent, latent // 2),
+        nn.Tanh(),
+        nn.Linear(latent // 2, latent // 2),
+        nn.Tanh(),
         nn.Linear(latent // 2, latent),
     )
     dab = _PaperDAB(approximator)
     model = nn.Sequential(
-        nn.Flatten(), nn.Linear(seq_len, latent // 2), nn.Tanh(), nn.Linear(latent // 2, latent // 2),
-        nn.Tanh(), nn.Linear(latent // 2, latent), nn.Tanh(), dab, nn.Linear(latent, seq_len * seq_len),
+        nn.Flatten(),
+        nn.Linear(seq_len, latent // 2),
+        nn.Tanh(),
+        nn.Linear(latent // 2, latent // 2),
+        nn.Tanh(),
+        nn.Linear(latent // 2, latent),
+        nn.Tanh(),
+        dab,
+        nn.Linear(latent, seq_len * seq_len),
         nn.Unflatten(1, (seq_len, seq_len)),
     )
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     loader = torch.utils.data.DataLoader(
-        _SortRows(rows, seq_len), batch_size=1024, shuffle=True, drop_last=True, num_workers=workers,
+        _SortRows(rows, seq_len),
+        batch_size=1024,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
         persistent_workers=workers > 0,
     )
     it = iter(loader)
@@ -151,7 +165,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--train-size", type=int, default=2_000_000, help="rows of the fixed training set (both loops)")
+    p.add_argument(
+        "--train-size", type=int, default=2_000_000, help="rows of the fixed training set (both loops)"
+    )
     p.add_argument("--demo-workers", type=int, default=4, help="DataLoader workers of the demo (theirs: 4)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
@@ -181,7 +197,9 @@ def main() -> None:
     print(f"Signum-Dense T={a.seq_len}, batch 1024, {a.threads} threads, {a.steps} timed steps")
     for k in ("dab", "ste", "elu", "demo"):
         label = "authors' demo loop" if k == "demo" else f"ours, {k}"
-        print(f"  {label:<20} {result['ms_per_step'][k]:>8.2f} ms/step {result['samples_per_s'][k]:>9} samples/s")
+        print(
+            f"  {label:<20} {result['ms_per_step'][k]:>8.2f} ms/step {result['samples_per_s'][k]:>9} samples/s"
+        )
     print(f"  dab/ste  = {result['ratio_dab_over_ste']:.2f}  (arithmetic bound from MACs: {bound:.2f})")
     print(f"  dab/elu  = {result['ratio_dab_over_elu']:.2f}")
     print(f"  demo/ours(dab) = {result['ratio_demo_over_ours_dab']:.2f}  (>= 1: ours at least as fast)")

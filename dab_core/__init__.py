@@ -8,8 +8,8 @@ FastAPI.
 
 from dab_core.approximators import DenseApproximator, ElementwiseApproximator
 from dab_core.bridge import DAB, DAB_LOSSES, ESTIMATORS, dab_loss_of, strip_approximators
-from dab_core.hard import BoundHardFunction, hard_functions
 from dab_core.experiments import ExperimentFamily, experiments, parse_config
+from dab_core.hard import BoundHardFunction, hard_functions
 from dab_core.registry import Registry, UnknownNameError
 from dab_core.training import Task, run_trial
 

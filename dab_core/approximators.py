@@ -4,6 +4,7 @@ shared by every element (for element-wise hard functions: size independent of th
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -20,7 +21,7 @@ def mlp(sizes: Sequence[int], activation: str = "tanh") -> nn.Sequential:
     if activation not in _ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; known: {', '.join(_ACTIVATIONS)}")
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(_ACTIVATIONS[activation]())

@@ -207,7 +207,9 @@ def sort_rowcol(x: torch.Tensor, descending: bool = False) -> torch.Tensor:
 def _topk_shape(in_shape: Shape, k: int, descending: bool = True) -> Shape:
     total = _rowcol_shape(in_shape)[0]
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= total:
-        raise ValueError(f"topk: k must be an integer in [1, {total}] for feature shape {in_shape}, got {k!r}")
+        raise ValueError(
+            f"topk: k must be an integer in [1, {total}] for feature shape {in_shape}, got {k!r}"
+        )
     return (k,)
 
 

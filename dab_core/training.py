@@ -131,7 +131,7 @@ def fit(task: Task, report: Report | None = None, checkpoint_dir: str | None = N
     checkpoint trains no more and returns a fresh evaluation).
     """
     cfg = task.config
-    start = load_checkpoint(checkpoint_dir, task) if has_checkpoint(checkpoint_dir) else 0
+    start = load_checkpoint(checkpoint_dir, task) if checkpoint_dir and has_checkpoint(checkpoint_dir) else 0
     if start >= cfg.steps:  # resumed from the final checkpoint: nothing left to train
         return {"step": float(start), **task.evaluate()}
     sums: dict[str, torch.Tensor] = {}

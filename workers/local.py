@@ -69,7 +69,9 @@ def _run_one(config: dict[str, Any], trial_dir: str, threads: int) -> dict[str, 
     return final
 
 
-def run_sweep(spec: SweepSpec, state_dir: Path, jobs: int, out: Any = sys.stdout) -> dict[str, dict[str, float]]:
+def run_sweep(
+    spec: SweepSpec, state_dir: Path, jobs: int, out: Any = sys.stdout
+) -> dict[str, dict[str, float]]:
     """Run every trial of `spec` not finished yet; returns the final metrics per trial key."""
     trials = expand(spec)
     root = state_dir / "local" / spec.name
@@ -91,19 +93,26 @@ def run_sweep(spec: SweepSpec, state_dir: Path, jobs: int, out: Any = sys.stdout
     )
     threads = max(1, (os.cpu_count() or 1) // jobs)
     start = time.perf_counter()
+
+    def finished(i: int, t: Trial, metrics: dict[str, float]) -> None:
+        results[t.trial_key] = metrics
+        value = metrics.get(spec.metric or "", float("nan"))
+        elapsed = time.perf_counter() - start
+        print(
+            f"  [{i}/{len(todo)}] {t.cell_key} seed={t.seed}: {spec.metric}={value:.4f} ({elapsed:.0f} s)",
+            file=out,
+            flush=True,
+        )
+
+    if jobs == 1:  # in this process: no worker start-up to pay
+        for i, t in enumerate(todo, 1):
+            finished(i, t, _run_one(t.config, str(root / t.trial_key), threads))
+        return results
     ctx = mp.get_context("spawn")  # a clean torch per worker, no forked thread pools
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
         futures = {pool.submit(_run_one, t.config, str(root / t.trial_key), threads): t for t in todo}
         for i, fut in enumerate(cf.as_completed(futures), 1):
-            t = futures[fut]
-            results[t.trial_key] = fut.result()
-            value = results[t.trial_key].get(spec.metric or "", float("nan"))
-            print(
-                f"  [{i}/{len(todo)}] {t.cell_key} seed={t.seed}: {spec.metric}={value:.4f} "
-                f"({time.perf_counter() - start:.0f} s)",
-                file=out,
-                flush=True,
-            )
+            finished(i, futures[fut], fut.result())
     return results
 
 
@@ -115,7 +124,9 @@ def results_table(spec: SweepSpec, results: dict[str, dict[str, float]]) -> str:
         for pv in paper_values(spec, t.config):
             if (pv.metric or metric) == metric:
                 paper.setdefault(t.cell_key, pv.value * 100 if _is_fraction(metric) else pv.value)
-    rows = aggregate(((t.cell_key, t.cell, t.seed, results.get(t.trial_key, {})) for t in trials), metric, paper)
+    rows = aggregate(
+        ((t.cell_key, t.cell, t.seed, results.get(t.trial_key, {})) for t in trials), metric, paper
+    )
     return markdown_table(rows, percent=_is_fraction(metric))
 
 
@@ -126,16 +137,19 @@ def _is_fraction(metric: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m workers.local", description=__doc__.split("\n\n")[0])
     p.add_argument("spec", type=Path)
-    p.add_argument("--jobs", type=int, default=None, help="trials at a time (default: the spec's max_concurrent, else 1)")
+    p.add_argument(
+        "--jobs", type=int, default=None, help="trials at a time (default: the spec's max_concurrent, else 1)"
+    )
     p.add_argument("--state-dir", type=Path, default=Path(os.environ.get("DAB_STATE_DIR", ".dab")))
     a = p.parse_args(argv)
     try:
         spec = load_spec(a.spec)
+        if not isinstance(spec, SweepSpec):
+            print(f"error: {a.spec} is a suite; run its member specs one at a time", file=sys.stderr)
+            return 2
+        expand(spec)  # every trial config is validated before anything runs
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not isinstance(spec, SweepSpec):
-        print(f"error: {a.spec} is a suite; run its member specs one at a time", file=sys.stderr)
         return 2
     jobs = a.jobs or spec.limits.max_concurrent or 1
     results = run_sweep(spec, a.state_dir, jobs)

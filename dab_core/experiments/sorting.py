@@ -111,7 +111,9 @@ class SortingConfig(TrialConfig):
                 f"{', '.join(_BASELINE_ESTIMATORS)} (use signum-dense for {self.estimator!r})"
             )
         if 0 < self.train_size < self.batch_size:
-            raise ValueError(f"train_size ({self.train_size}) must be 0 or at least batch_size ({self.batch_size})")
+            raise ValueError(
+                f"train_size ({self.train_size}) must be 0 or at least batch_size ({self.batch_size})"
+            )
         if self.resolved_estimator in ("dab", "ste"):
             hard = hard_functions.get(self.hard, **self.hard_params)
             width = self.bridge_width
@@ -121,7 +123,9 @@ class SortingConfig(TrialConfig):
             except ValueError as e:
                 raise ValueError(f"{where}: {e}") from None
             if self.resolved_estimator == "ste" and out != (width,):
-                raise ValueError(f"{where}: estimator 'ste' needs a shape-preserving hard function, got output {out}")
+                raise ValueError(
+                    f"{where}: estimator 'ste' needs a shape-preserving hard function, got output {out}"
+                )
         return self
 
     @property
@@ -224,7 +228,7 @@ class SortingTask(Task):
         cfg = config
         bridge = make_bridge(cfg, cfg.bridge_width)
         if cfg.model == "signum-rnn":
-            self.model: nn.Module = RNNSorter(cfg.seq_len, cfg.rnn_hidden, cfg.ponder_steps, bridge)
+            self.model: DenseSorter | RNNSorter = RNNSorter(cfg.seq_len, cfg.rnn_hidden, cfg.ponder_steps, bridge)
         else:
             self.model = DenseSorter(cfg.seq_len, cfg.dense_hidden, cfg.resolved_activation, bridge)
         self.model.to(device)
@@ -264,11 +268,13 @@ class SortingTask(Task):
             x = self.train_x[self._perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]]
         return x, x.argsort(dim=1)
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def loss(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         T = self.config.seq_len
         logits = self.model(x)  # (B, T, T)
         ce = F.cross_entropy(logits.reshape(-1, T), y.reshape(-1), reduction="none").view(-1, T).sum(1).mean()
-        dab = self.model.dab_loss  # type: ignore[union-attr]
+        dab = self.model.dab_loss
         return (ce + dab if dab is not None else ce), ce, dab
 
     def train_step(self, step: int) -> dict[str, torch.Tensor]:

@@ -182,7 +182,7 @@ def test_ste_passes_the_gradient_through() -> None:
 
 
 def test_ste_refuses_shape_changing_functions() -> None:
-    with pytest.raises(ValueError, match="'ste' needs a shape-preserving hard function.*sort_rowcol"):
+    with pytest.raises(ValueError, match=r"'ste' needs a shape-preserving hard function.*sort_rowcol"):
         DAB("sort_rowcol", estimator="ste", in_shape=(4, 4))
     lazy = DAB("sort_rowcol", estimator="ste")  # shape unknown until the first call
     with pytest.raises(ValueError, match="use estimator 'dab'"):

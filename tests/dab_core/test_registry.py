@@ -29,7 +29,9 @@ def test_add_lookup_duplicates_and_unknown() -> None:
         reg.add("", 4)
 
 
-def test_plugins_register_through_their_entry_point_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plugins_register_through_their_entry_point_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An installed package declares `[dab_core.hard_functions]` in its entry points; the
     registry imports it on first use, which registers its functions."""
     (tmp_path / "dab_plugin_demo.py").write_text(

@@ -75,7 +75,14 @@ def test_report_and_checkpoint_schedule(tmp_path: Path) -> None:
     assert [m["step"] for m in rec.metrics] == [5, 10, 15, 20, 23]  # the last step always reports
     assert sorted(rec.checkpoints) == [10, 20, 23]
     assert final == rec.metrics[-1]
-    for key in ("train_loss", "train_ce", "dab_loss", "test_all_or_none", "test_per_position", "samples_per_s"):
+    for key in (
+        "train_loss",
+        "train_ce",
+        "dab_loss",
+        "test_all_or_none",
+        "test_per_position",
+        "samples_per_s",
+    ):
         assert isinstance(final[key], float)
     # The checkpoint directories handed to report are temporary: gone once report returned.
     assert len(rec.handed) == 3 and not any(Path(p).exists() for p in rec.handed)
@@ -91,7 +98,9 @@ def test_report_and_checkpoint_schedule(tmp_path: Path) -> None:
     ],
     ids=["fixed-set", "fresh-data", "rnn-ponder", "bernoulli-rng"],
 )
-def test_resume_from_checkpoint_matches_the_uninterrupted_run(tmp_path: Path, overrides: dict[str, Any]) -> None:
+def test_resume_from_checkpoint_matches_the_uninterrupted_run(
+    tmp_path: Path, overrides: dict[str, Any]
+) -> None:
     config = {**TINY, **overrides}
     straight = Recorder(tmp_path / "straight")
     run_trial(config, report=straight)
@@ -131,5 +140,7 @@ def test_checkpoint_from_another_family_state_is_refused(tmp_path: Path) -> None
 def test_checkpoint_every_must_be_a_multiple_of_eval_every() -> None:
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match=r"checkpoint_every \(7\) must be a multiple of eval_every \(5\)"):
+    with pytest.raises(
+        ValidationError, match=r"checkpoint_every \(7\) must be a multiple of eval_every \(5\)"
+    ):
         run_trial({**TINY, "checkpoint_every": 7})

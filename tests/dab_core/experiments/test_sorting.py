@@ -22,7 +22,13 @@ def cfg(**kw: Any) -> SortingConfig:
 
 def task(**kw: Any) -> SortingTask:
     torch.manual_seed(0)
-    small = {"dense_hidden": [16, 16], "approximator_hidden": [8], "rnn_hidden": 12, "test_size": 50, "train_size": 0}
+    small = {
+        "dense_hidden": [16, 16],
+        "approximator_hidden": [8],
+        "rnn_hidden": 12,
+        "test_size": 50,
+        "train_size": 0,
+    }
     return SortingTask(cfg(**{**small, **kw}), torch.device("cpu"))
 
 
@@ -72,7 +78,9 @@ def test_ste_with_a_shape_changing_user_function_is_refused() -> None:
     hard_functions.register("test_halve", out_shape=lambda s: (s[0] // 2,))(lambda x: x[:, ::2])
     try:
         assert cfg(hard="test_halve").hard == "test_halve"  # fine for dab
-        with pytest.raises(ValidationError, match=r"'ste' needs a shape-preserving hard function, got output \(128,\)"):
+        with pytest.raises(
+            ValidationError, match=r"'ste' needs a shape-preserving hard function, got output \(128,\)"
+        ):
             cfg(hard="test_halve", estimator="ste")
     finally:
         hard_functions.remove("test_halve")
@@ -153,10 +161,35 @@ def test_all_or_none_metric() -> None:
 def test_signum_dense_t3_learns_well_above_chance() -> None:
     """Chance all-or-none for T=3 is 1/6; a few hundred steps reach far beyond it."""
     config = {
-        "experiment": "sorting", "model": "signum-dense", "seq_len": 3, "steps": 300, "eval_every": 300,
-        "batch_size": 256, "lr": 1e-3, "train_size": 0, "test_size": 2000, "seed": 0, "num_threads": 1,
+        "experiment": "sorting",
+        "model": "signum-dense",
+        "seq_len": 3,
+        "steps": 300,
+        "eval_every": 300,
+        "batch_size": 256,
+        "lr": 1e-3,
+        "train_size": 0,
+        "test_size": 2000,
+        "seed": 0,
+        "num_threads": 1,
     }
     final = run_trial(config)
     assert final["test_all_or_none"] > 0.6, final
     assert final["test_per_position"] > 0.8, final
     assert final["dab_loss"] > 0  # the approximator is being trained, not skipped
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("model", ["signum-dense", "signum-rnn"])
+def test_training_steps_make_no_host_sync_on_cuda(model: str) -> None:
+    """Batches are made on the device and nothing is read back between reports."""
+    t = task(model=model, device="cuda", train_size=4096, batch_size=512, ponder_steps=2 if model == "signum-rnn" else 0)
+    t.train_step(0)  # first-call allocations and lazy init may sync
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(1, 12):  # crosses an epoch boundary (8 steps an epoch)
+            t.train_step(step)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
