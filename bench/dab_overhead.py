@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -172,6 +173,8 @@ def main() -> None:
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    # The demo's 4 DataLoader workers on a 2-core machine: torch warns; it is their setting.
+    warnings.filterwarnings("ignore", message="This DataLoader will create")
 
     t = {est: time_ours(est, a.seq_len, a.steps, a.warmup, a.train_size) for est in ("dab", "ste", "elu")}
     t["demo"] = time_demo(a.seq_len, a.steps, a.warmup, a.train_size, a.demo_workers)

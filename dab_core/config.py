@@ -7,9 +7,30 @@ primitives and registry names only, so a config stays serialisable and hashable.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from dab_core.hard import hard_functions
+
+
+def _known_hard_function(name: str) -> str:
+    if name not in hard_functions:
+        raise ValueError(f"unknown hard function {name!r}; known: {', '.join(hard_functions.names())}")
+    return name
+
+
+def _layer_sizes(sizes: tuple[int, ...]) -> tuple[int, ...]:
+    if any(s < 1 for s in sizes):
+        raise ValueError(f"layer sizes must be integers >= 1, got {list(sizes)}")
+    return sizes
+
+
+HardName = Annotated[str, AfterValidator(_known_hard_function)]
+"""A registered hard function's name (the error lists the known names)."""
+
+LayerSizes = Annotated[tuple[int, ...], AfterValidator(_layer_sizes)]
+"""Hidden layer sizes of an MLP, each >= 1 (empty: no hidden layer)."""
 
 
 class TrialConfig(BaseModel):
@@ -43,4 +64,4 @@ class TrialConfig(BaseModel):
         return self.checkpoint_every or self.eval_every
 
 
-__all__ = ["TrialConfig"]
+__all__ = ["HardName", "LayerSizes", "TrialConfig"]

@@ -50,8 +50,8 @@ def parse_config(config: Mapping[str, Any]) -> TrialConfig:
 
 
 # Registering the built-in families is the side effect of importing their modules.
-from dab_core.experiments import sorting as _sorting  # noqa: E402,F401
 from dab_core.experiments import classification as _classification  # noqa: E402,F401
 from dab_core.experiments import representation as _representation  # noqa: E402,F401
+from dab_core.experiments import sorting as _sorting  # noqa: E402,F401
 
 __all__ = ["ExperimentFamily", "experiments", "family_of", "parse_config"]

@@ -52,12 +52,12 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
 from dab_core.approximators import DenseApproximator, ElementwiseApproximator
 from dab_core.bridge import DAB, DabLossName, Estimator, dab_loss_of
-from dab_core.config import TrialConfig
+from dab_core.config import HardName, LayerSizes, TrialConfig
 from dab_core.experiments import ExperimentFamily, experiments
 from dab_core.experiments._images import (
     ConvApproximator,
@@ -74,7 +74,7 @@ from dab_core.experiments._images import (
     resolve_data_root,
     stable_seed,
 )
-from dab_core.hard import BoundHardFunction, UnknownNameError, hard_functions
+from dab_core.hard import BoundHardFunction, hard_functions
 from dab_core.training import Stateful, Task
 
 ApproximatorKind = Literal["auto", "elementwise", "dense", "conv"]
@@ -94,7 +94,7 @@ class ClassificationConfig(TrialConfig):
     )
     download: bool = Field(True, description="let torchvision download the dataset when missing")
     image_size: int | None = Field(None, ge=8, description="side of the fake images (fake only; default 32)")
-    hard: str = Field("signum", description="hard function in the bridge (registry name)")
+    hard: HardName = Field("signum", description="hard function in the bridge (registry name)")
     hard_params: dict[str, float | int | bool] = Field(default_factory=dict)
     estimator: Estimator = Field(
         "dab", description="dab, ste, or a plain baseline (identity = Table 2 'Baseline')"
@@ -106,7 +106,7 @@ class ClassificationConfig(TrialConfig):
     approximator: ApproximatorKind = Field(
         "auto", description="auto: elementwise for element-wise functions, else dense"
     )
-    approximator_hidden: tuple[int, ...] | None = Field(
+    approximator_hidden: LayerSizes | None = Field(
         None, description="hidden sizes (dense/elementwise) or channels (conv)"
     )
     activation: Literal["elu", "relu"] = "elu"
@@ -123,22 +123,6 @@ class ClassificationConfig(TrialConfig):
         None, ge=1, description="evaluate on N test images (default: all; fake: 512)"
     )
     eval_batch_size: int = Field(500, ge=1)
-
-    @field_validator("hard")
-    @classmethod
-    def _known_hard(cls, name: str) -> str:
-        try:
-            hard_functions.lookup(name)
-        except UnknownNameError as e:
-            raise ValueError(str(e)) from None
-        return name
-
-    @field_validator("approximator_hidden")
-    @classmethod
-    def _positive_sizes(cls, sizes: tuple[int, ...] | None) -> tuple[int, ...] | None:
-        if sizes is not None and (not sizes or any(s < 1 for s in sizes)):
-            raise ValueError(f"layer sizes must be a non-empty list of integers >= 1, got {list(sizes)}")
-        return sizes
 
     @model_validator(mode="after")
     def _consistent(self) -> ClassificationConfig:
@@ -223,13 +207,13 @@ def make_bridge(cfg: ClassificationConfig) -> DAB:
         kind = cfg.approximator
         if kind == "auto":
             kind = "elementwise" if hard.elementwise and out == shape else "dense"
-        hidden = cfg.approximator_hidden
+        hidden = cfg.approximator_hidden  # None: each kind's default size
         if kind == "elementwise":
-            approximator = ElementwiseApproximator(hidden or (16, 16))
+            approximator = ElementwiseApproximator((16, 16) if hidden is None else hidden)
         elif kind == "conv":
-            approximator = ConvApproximator(shape[0], hidden or (64,))
+            approximator = ConvApproximator(shape[0], (64,) if hidden is None else hidden)
         else:
-            approximator = DenseApproximator(shape, out, hidden or (128, 128))
+            approximator = DenseApproximator(shape, out, (128, 128) if hidden is None else hidden)
     return DAB(
         cfg.hard,
         approximator,

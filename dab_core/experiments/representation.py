@@ -70,7 +70,7 @@ from torch import nn
 
 from dab_core.approximators import DenseApproximator, ElementwiseApproximator
 from dab_core.bridge import DAB, DabLossName
-from dab_core.config import TrialConfig
+from dab_core.config import LayerSizes, TrialConfig
 from dab_core.experiments import ExperimentFamily, experiments
 from dab_core.experiments._images import (
     NATIVE_SHAPE,
@@ -156,7 +156,7 @@ class RepresentationConfig(TrialConfig):
     approximator: Literal["auto", "elementwise", "dense"] = Field(
         "auto", description="auto: elementwise for bernoulli/signum, dense for binary"
     )
-    approximator_hidden: tuple[int, ...] | None = Field(None, description="hidden sizes of the approximator")
+    approximator_hidden: LayerSizes | None = Field(None, description="hidden sizes of the approximator")
     gumbel_categories: int = Field(10, ge=2, description="K of gumbel-vae's K-way categoricals")
     relaxation: Literal["concrete", "straight-through"] = Field(
         "concrete", description="VAEs: relaxed samples, or hard samples with the relaxed gradient"
@@ -192,13 +192,6 @@ class RepresentationConfig(TrialConfig):
                 if data.get(key) is None:
                     data[key] = value
         return data
-
-    @field_validator("approximator_hidden")
-    @classmethod
-    def _positive_sizes(cls, sizes: tuple[int, ...] | None) -> tuple[int, ...] | None:
-        if sizes is not None and (not sizes or any(s < 1 for s in sizes)):
-            raise ValueError(f"layer sizes must be a non-empty list of integers >= 1, got {list(sizes)}")
-        return sizes
 
     @field_validator("thresholds")
     @classmethod
@@ -427,9 +420,13 @@ def make_bridge(cfg: RepresentationConfig) -> DAB:
         kind = "elementwise" if hard.elementwise else "dense"
     approximator: nn.Module
     if kind == "elementwise":
-        approximator = ElementwiseApproximator(cfg.approximator_hidden or (16, 16))
+        approximator = ElementwiseApproximator(
+            (16, 16) if cfg.approximator_hidden is None else cfg.approximator_hidden
+        )
     else:
-        approximator = DenseApproximator((units,), (units,), cfg.approximator_hidden or (128, 128))
+        approximator = DenseApproximator(
+            (units,), (units,), (128, 128) if cfg.approximator_hidden is None else cfg.approximator_hidden
+        )
     assert cfg.gamma is not None
     return DAB(
         hard,

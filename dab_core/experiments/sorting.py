@@ -39,7 +39,7 @@ from torch import nn
 
 from dab_core.approximators import mlp
 from dab_core.bridge import DAB, DabLossName, Estimator
-from dab_core.config import TrialConfig
+from dab_core.config import HardName, LayerSizes, TrialConfig
 from dab_core.experiments import ExperimentFamily, experiments
 from dab_core.hard import hard_functions
 from dab_core.training import Stateful, Task
@@ -55,7 +55,7 @@ class SortingConfig(TrialConfig):
     model: SortingModel = Field(description="elu-dense, signum-dense or signum-rnn")
     seq_len: int = Field(ge=2, le=100, description="T, the sequence length")
     ponder_steps: int = Field(0, ge=0, le=64, description="extra LSTM steps (signum-rnn only)")
-    hard: str = Field("signum", description="hard function in the bridge (registry name)")
+    hard: HardName = Field("signum", description="hard function in the bridge (registry name)")
     hard_params: dict[str, float | int | bool] = Field(
         default_factory=dict, description="parameters of the hard function, e.g. {eps: 0.5}"
     )
@@ -73,16 +73,9 @@ class SortingConfig(TrialConfig):
     grad_clip: float | None = Field(None, gt=0, description="grad-norm clip (default: 5 for signum-rnn)")
     train_size: int = Field(2_000_000, ge=0, description="fixed training sequences; 0 = fresh each step")
     test_size: int = Field(10_000, ge=1)
-    dense_hidden: tuple[int, ...] = Field((128, 128, 256), min_length=1)
-    approximator_hidden: tuple[int, ...] = Field((128, 128))
+    dense_hidden: LayerSizes = Field((128, 128, 256), min_length=1)
+    approximator_hidden: LayerSizes = Field((128, 128))
     rnn_hidden: int = Field(256, ge=1)
-
-    @field_validator("hard")
-    @classmethod
-    def _known_hard(cls, name: str) -> str:
-        if name not in hard_functions:
-            raise ValueError(f"unknown hard function {name!r}; known: {', '.join(hard_functions.names())}")
-        return name
 
     @field_validator("hard_params")
     @classmethod
@@ -93,13 +86,6 @@ class SortingConfig(TrialConfig):
             except TypeError as e:
                 raise ValueError(str(e)) from None
         return params
-
-    @field_validator("dense_hidden", "approximator_hidden")
-    @classmethod
-    def _positive_sizes(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
-        if any(s < 1 for s in sizes):
-            raise ValueError(f"layer sizes must be >= 1, got {list(sizes)}")
-        return sizes
 
     @model_validator(mode="after")
     def _consistent(self) -> SortingConfig:
@@ -228,7 +214,9 @@ class SortingTask(Task):
         cfg = config
         bridge = make_bridge(cfg, cfg.bridge_width)
         if cfg.model == "signum-rnn":
-            self.model: DenseSorter | RNNSorter = RNNSorter(cfg.seq_len, cfg.rnn_hidden, cfg.ponder_steps, bridge)
+            self.model: DenseSorter | RNNSorter = RNNSorter(
+                cfg.seq_len, cfg.rnn_hidden, cfg.ponder_steps, bridge
+            )
         else:
             self.model = DenseSorter(cfg.seq_len, cfg.dense_hidden, cfg.resolved_activation, bridge)
         self.model.to(device)

@@ -60,7 +60,7 @@ def test_family_is_registered_with_its_config() -> None:
         ({"hard": "topk", "hard_params": {"k": 8}}, None, r"hard topk\(k=8, descending=True\) at the bridge"),
         ({"hard_params": {"epsilon": 0.1}}, "hard_params", "unknown parameter 'epsilon'; accepts: eps"),
         ({"learning_rate": 0.1}, "learning_rate", "Extra inputs are not permitted"),
-        ({"dense_hidden": [16, 0]}, "dense_hidden", "layer sizes must be >= 1"),
+        ({"dense_hidden": [16, 0]}, "dense_hidden", "layer sizes must be integers >= 1"),
     ],
 )
 def test_bad_configs_name_the_problem(overrides: dict[str, Any], field: str | None, message: str) -> None:
