@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 ## The main job on the embedded default: the quickstart sweep, then its results table.
 run: $(STAMP)
-	$(BIN)/python -m workers.local $(SPEC)
+	$(BIN)/dab run $(SPEC)
 
 ## The whole test suite, slow end-to-end tests included.
 test: $(STAMP)

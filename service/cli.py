@@ -1,7 +1,9 @@
 """The ``dab`` command line.
 
 Importing this module is cheap: no FastAPI, no Ray; torch loads only when a spec is expanded.
-Exit codes: 0 success, 2 a mistake in the spec or the command line (message on stderr).
+Exit codes: 0 success; 1 the sweep ended failed or cancelled; 2 a mistake in the spec, the command
+line or the request (message on stderr); 3 the service cannot be reached or failed (5xx, 429);
+4 a missing or wrong token; 5 no such sweep; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -156,6 +158,382 @@ def preview(
     out.print(line)
     if t["files_without_duration"] and t["cpu_hours"] is not None:
         out.print(f"no duration estimate (not in the hours): {', '.join(t['files_without_duration'])}")
+
+
+# --------------------------------------------------------------------------------------------
+# Client commands: they talk to the service over REST (--api-url, DAB_API_URL; DAB_API_TOKEN).
+
+EXIT_OK = 0
+EXIT_SWEEP_FAILED = 1  # the sweep ended failed or cancelled
+EXIT_API = 3  # the service cannot be reached, or answered 5xx/429
+EXIT_AUTH = 4  # 401/403
+EXIT_NOT_FOUND = 5
+EXIT_INTERRUPTED = 130
+TERMINAL = ("finished", "failed", "cancelled")
+
+ApiUrl = Annotated[
+    str, typer.Option("--api-url", envvar="DAB_API_URL", help="the service's base URL (env DAB_API_URL)")
+]
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+
+
+class ApiClient:
+    """A thin client of the REST API that turns its errors into messages and exit codes."""
+
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 60.0) -> None:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+        self.base_url = base_url
+
+    def request(self, method: str, path: str, **kw: Any) -> Any:
+        import httpx
+
+        err = _console(stderr=True)
+        try:
+            r = self.http.request(method, path, **kw)
+        except httpx.HTTPError as e:
+            err.print(
+                f"[bold red]error:[/] cannot reach the service at {escape(self.base_url)}: {escape(str(e))}"
+            )
+            raise typer.Exit(EXIT_API) from None
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+                message = body.get("message") or str(body)
+            except ValueError:
+                message = r.text[:500]
+            err.print(f"[bold red]error ({r.status_code}):[/] {escape(str(message))}", soft_wrap=True)
+            code = r.status_code
+            if code in (401, 403):
+                raise typer.Exit(EXIT_AUTH)
+            if code == 404:
+                raise typer.Exit(EXIT_NOT_FOUND)
+            if code >= 500 or code == 429:
+                raise typer.Exit(EXIT_API)
+            raise typer.Exit(EXIT_SPEC_ERROR)
+        return r
+
+    def json(self, method: str, path: str, **kw: Any) -> Any:
+        return self.request(method, path, **kw).json()
+
+
+def _client(api_url: str) -> ApiClient:
+    import os
+
+    return ApiClient(api_url, os.environ.get("DAB_API_TOKEN") or None)
+
+
+def _spec_body(spec: Path) -> tuple[bytes, str]:
+    err = _console(stderr=True)
+    try:
+        data = spec.read_bytes()
+    except OSError as e:
+        err.print(f"[bold red]error:[/] {escape(str(spec))}: {escape(e.strerror or str(e))}")
+        raise typer.Exit(EXIT_SPEC_ERROR) from None
+    kind = "application/json" if spec.suffix.lower() == ".json" else "application/yaml"
+    return data, kind
+
+
+def _counts_text(counts: dict[str, int] | None) -> str:
+    if not counts:
+        return ""
+    keys = ("finished", "running", "retrying", "pending", "failed", "killed", "skipped")
+    return ", ".join(f"{counts[k]} {k}" for k in keys if counts.get(k))
+
+
+def _wait(api: ApiClient, sweep_id: str, poll_s: float = 1.0) -> dict[str, Any]:
+    """Poll the sweep with a progress bar until it ends; returns its last state."""
+    import time
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    out = _console()
+    if not out.is_terminal:  # logs and pipes: a line whenever something changes
+        last = None
+        while True:
+            s = api.json("GET", f"/v1/sweeps/{sweep_id}")
+            line = f"{s['name']}: {s['state']} {s['progress'] * 100:.0f}% {_counts_text(s.get('counts'))}"
+            if line != last:
+                out.print(line)
+                last = line
+            if s["state"] in TERMINAL:
+                return dict(s)
+            time.sleep(poll_s)
+    with Progress(
+        TextColumn("[bold]{task.fields[name]}[/]"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=out,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("sweep", total=1.0, name=sweep_id, info="")
+        while True:
+            s = api.json("GET", f"/v1/sweeps/{sweep_id}")
+            eta = f", ETA {s['eta_s']:.0f} s" if s.get("eta_s") else ""
+            info = f"{s['state']}: {_counts_text(s.get('counts'))}{eta}"
+            bar.update(task, completed=s["progress"], name=s["name"], info=info)
+            if s["state"] in TERMINAL:
+                return dict(s)
+            time.sleep(poll_s)
+
+
+def _results_table(res: dict[str, Any]) -> Table:
+    table = Table(
+        title=f"results ({res['agg']} values; mean ± std over seeds)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for col in ("cell", "metric", "mean ± std", "n", "min", "max", "paper", "p (Welch)"):
+        table.add_column(col, justify="left" if col in ("cell", "metric") else "right")
+    for c in res["cells"]:
+        for metric, m in c["metrics"].items():
+            pct = any(w in metric for w in ("accuracy", "all_or_none", "per_position", "ms_ssim"))
+            s = 100.0 if pct else 1.0
+            unit = " %" if pct else ""
+            mean = "n/a" if m["mean"] is None else f"{m['mean'] * s:.2f} ± {(m['std'] or 0) * s:.2f}{unit}"
+            paper = ""
+            if m.get("paper"):
+                paper = f"{m['paper']['value'] * s:g}" + (
+                    f" ± {m['paper']['std'] * s:g}" if m["paper"]["std"] is not None else ""
+                )
+            table.add_row(
+                c["cell_key"] or "(params only)",
+                metric,
+                mean,
+                f"{m['n']}/{c['expected']}",
+                "" if m["min"] is None else f"{m['min'] * s:.4g}",
+                "" if m["max"] is None else f"{m['max'] * s:.4g}",
+                paper,
+                "" if m["p_value"] is None else f"{m['p_value']:.3g}",
+            )
+    return table
+
+
+def _show_results(api: ApiClient, sweep_id: str) -> None:
+    res = api.json("GET", f"/v1/sweeps/{sweep_id}/results")
+    _console().print(_results_table(res))
+
+
+def _end_code(state: str) -> int:
+    return EXIT_OK if state == "finished" else EXIT_SWEEP_FAILED
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Run the service (settings from DAB_* environment variables; embedded Ray by default)."""
+    import logging
+
+    import uvicorn
+
+    from service.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(), host=host, port=port, log_level=log_level)
+
+
+@app.command()
+def submit(
+    spec: Annotated[Path, typer.Argument(help="a sweep spec (YAML or JSON)", show_default=False)],
+    wait: Annotated[
+        bool, typer.Option("--wait", help="follow progress until the sweep ends; then print results")
+    ] = False,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="the same key and spec give the same sweep")
+    ] = None,
+    api_url: ApiUrl = DEFAULT_API_URL,
+) -> None:
+    """Submit SPEC to the service; prints the sweep id (exit 0), or follows it with --wait."""
+    body, kind = _spec_body(spec)
+    api = _client(api_url)
+    headers = {"Content-Type": kind}
+    if idempotency_key:
+        headers["Idempotency-Key"] = idempotency_key
+    sweep = api.json("POST", "/v1/sweeps", content=body, headers=headers)
+    typer.echo(sweep["id"])
+    if wait:
+        try:
+            final = _wait(api, sweep["id"])
+        except KeyboardInterrupt:
+            _console(stderr=True).print(f"stopped waiting; the sweep goes on: dab status {sweep['id']}")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        _show_results(api, sweep["id"])
+        raise typer.Exit(_end_code(final["state"]))
+
+
+@app.command()
+def status(
+    sweep_id: Annotated[
+        str | None, typer.Argument(help="a sweep id (default: list sweeps)", show_default=False)
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the API's JSON")] = False,
+    api_url: ApiUrl = DEFAULT_API_URL,
+) -> None:
+    """A sweep's state, progress and links; without an id, the latest sweeps."""
+    api = _client(api_url)
+    out = _console()
+    if sweep_id is None:
+        page = api.json("GET", "/v1/sweeps", params={"limit": 50})
+        if as_json:
+            typer.echo(json.dumps(page, indent=2))
+            return
+        table = Table(title=f"sweeps ({page['count']})", title_justify="left", box=box.SIMPLE_HEAD)
+        for col in ("id", "name", "state", "trials", "created"):
+            table.add_column(col)
+        for s in page["data"]:
+            table.add_row(
+                s["id"],
+                s["name"],
+                s["state"],
+                _counts_text(s.get("counts")) or str(s["trial_count"]),
+                s["created_at"][:19],
+            )
+        out.print(table)
+        return
+    s = api.json("GET", f"/v1/sweeps/{sweep_id}")
+    if as_json:
+        typer.echo(json.dumps(s, indent=2))
+        return
+    out.print(f"[bold]{escape(s['name'])}[/] {s['id']}: {s['state']} ({s['progress'] * 100:.0f}%)")
+    out.print(f"trials: {s['trial_count']} in {s['cell_count']} cells; {_counts_text(s.get('counts'))}")
+    if s.get("eta_s"):
+        out.print(f"ETA: {s['eta_s']:.0f} s")
+    if s.get("message"):
+        out.print(f"message: {escape(s['message'])}")
+    out.print(
+        f"MLflow experiment: {s.get('mlflow_experiment_id')} ({s['links'].get('mlflow_experiment') or ''})"
+    )
+    out.print(f"MLflow UI: {s['links']['mlflow_ui_command']}", soft_wrap=True)
+
+
+@app.command()
+def cancel(
+    sweep_id: Annotated[str, typer.Argument(show_default=False)],
+    api_url: ApiUrl = DEFAULT_API_URL,
+) -> None:
+    """Cancel a sweep: its Ray job stops and its runs end KILLED."""
+    s = _client(api_url).json("POST", f"/v1/sweeps/{sweep_id}/cancel")
+    typer.echo(f"{s['id']}: {s['state']}")
+
+
+@app.command()
+def results(
+    sweep_id: Annotated[str, typer.Argument(show_default=False)],
+    metric: Annotated[
+        list[str] | None, typer.Option(help="metric(s) to aggregate (default: the spec's)")
+    ] = None,
+    agg: Annotated[str, typer.Option(help="final or best value of each run")] = "final",
+    reference: Annotated[str | None, typer.Option(help="cell the p-values compare against")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, json, csv or markdown")] = "table",
+    api_url: ApiUrl = DEFAULT_API_URL,
+) -> None:
+    """Per cell: mean ± std, n, min, max, the paper's value and Welch's p against a reference."""
+    if fmt not in ("table", "json", "csv", "markdown"):
+        _console(stderr=True).print(
+            f"[bold red]error:[/] --format is table, json, csv or markdown, not {escape(fmt)!r}"
+        )
+        raise typer.Exit(EXIT_SPEC_ERROR)
+    params: dict[str, Any] = {"agg": agg, "format": "json" if fmt == "table" else fmt}
+    if metric:
+        params["metric"] = metric
+    if reference:
+        params["reference"] = reference
+    r = _client(api_url).request("GET", f"/v1/sweeps/{sweep_id}/results", params=params)
+    if fmt == "table":
+        _console().print(_results_table(r.json()))
+    else:
+        typer.echo(r.text.rstrip("\n"))
+
+
+@app.command()
+def report(
+    sweep_id: Annotated[str, typer.Argument(show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="directory for report.md and the figures")] = Path(
+        "report"
+    ),
+    api_url: ApiUrl = DEFAULT_API_URL,
+) -> None:
+    """Write the paper-style report (Markdown tables, PNG figures) of a sweep to --out."""
+    api = _client(api_url)
+    rep = api.json("GET", f"/v1/sweeps/{sweep_id}/report", timeout=300)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(rep["markdown"], encoding="utf-8")
+    for fig in rep["figures"]:
+        (out / fig["name"]).write_bytes(
+            api.request("GET", f"/v1/sweeps/{sweep_id}/report/figures/{fig['name']}").content
+        )
+    typer.echo(f"wrote {out / 'report.md'} and {len(rep['figures'])} figure(s)")
+    if rep.get("artifact_path"):
+        typer.echo(f"logged to MLflow: {rep['artifact_path']}")
+
+
+@app.command()
+def run(
+    spec: Annotated[Path, typer.Argument(help="a sweep spec (YAML or JSON)", show_default=False)],
+    new: Annotated[bool, typer.Option("--new", help="a new sweep even if this spec ran before")] = False,
+) -> None:
+    """One shot: start the embedded stack, submit SPEC over REST, show progress, print results.
+
+    Running the same spec again returns the same sweep (its Idempotency-Key is the spec's hash):
+    a finished one prints its table at once; an interrupted one resumes where it stopped.
+    """
+    import hashlib
+    import uuid
+
+    from service.app import create_app
+    from service.core.config import Settings
+    from service.server import ThreadedServer
+
+    body, kind = _spec_body(spec)
+    try:  # spec mistakes before anything starts
+        loaded = load_spec(spec)
+    except SpecError as e:
+        _console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+        raise typer.Exit(EXIT_SPEC_ERROR) from None
+    if isinstance(loaded, SweepSuite):
+        _console(stderr=True).print("[bold red]error:[/] a suite: run its member specs one at a time")
+        raise typer.Exit(EXIT_SPEC_ERROR)
+    out = _console()
+    settings = Settings()
+    srv = ThreadedServer(create_app(settings))
+    out.print(f"starting the embedded stack under {settings.state_path} (Ray, MLflow on SQLite) ...")
+    api = ApiClient(srv.url, settings.api_token.get_secret_value() if settings.api_token else None)
+    code = EXIT_OK
+    try:
+        srv.start()
+        try:
+            srv.wait_healthy(settings.ray_start_timeout_s + 60)
+        except (RuntimeError, TimeoutError) as e:
+            _console(stderr=True).print(
+                f"[bold red]error:[/] the embedded stack did not start: {escape(str(e))}"
+            )
+            raise typer.Exit(EXIT_API) from None
+        key = uuid.uuid4().hex if new else "dab-run-" + hashlib.sha256(body).hexdigest()[:32]
+        sweep = api.json(
+            "POST", "/v1/sweeps", content=body, headers={"Content-Type": kind, "Idempotency-Key": key}
+        )
+        out.print(
+            f"sweep {sweep['id']} ({sweep['name']}): {sweep['trial_count']} trials in {sweep['cell_count']} cells"
+        )
+        final = _wait(api, sweep["id"])
+        if final.get("message") and final["state"] != "finished":
+            out.print(f"{final['state']}: {escape(final['message'])}")
+        _show_results(api, sweep["id"])
+        out.print(f"MLflow UI on the same store:\n  {final['links']['mlflow_ui_command']}", soft_wrap=True)
+        code = _end_code(final["state"])
+    except KeyboardInterrupt:
+        _console(stderr=True).print("interrupted: stopping (run the same command again to resume the sweep)")
+        code = EXIT_INTERRUPTED
+    finally:
+        srv.stop()
+    raise typer.Exit(code)
 
 
 __all__ = ["app"]

@@ -60,3 +60,50 @@ def test_cli_import_is_cheap() -> None:
     code = "import sys, service.cli; print(sorted(m for m in ('torch', 'fastapi', 'ray', 'mlflow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------------------------
+# Client commands against the API served on a loopback port (no Ray: sweeps stay queued).
+
+TINY = ROOT / "tests" / "e2e" / "tiny.yaml"
+
+
+def _dab(api: object, *args: str, token: str | None = None) -> object:
+    env = {"DAB_API_URL": api.server.url}  # type: ignore[attr-defined]
+    if token is not None:
+        env["DAB_API_TOKEN"] = token
+    return runner.invoke(app, list(args), env=env)
+
+
+def test_submit_status_cancel_results(api: object) -> None:
+    r = _dab(api, "submit", str(TINY))
+    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    sid = r.stdout.strip()  # type: ignore[attr-defined]
+    assert len(sid) == 16
+    listed = _dab(api, "status")
+    assert sid in listed.stdout and "tiny" in listed.stdout  # type: ignore[attr-defined]
+    one = _dab(api, "status", sid)
+    assert one.exit_code == 0 and "queued" in one.stdout and "MLflow UI" in one.stdout  # type: ignore[attr-defined]
+    res = _dab(api, "results", sid, "--format", "csv")
+    assert res.exit_code == 0  # type: ignore[attr-defined]
+    assert res.stdout.splitlines()[0].startswith("cell,metric,n,expected,mean")  # type: ignore[attr-defined]
+    assert "model=signum-dense,test_all_or_none,0,2" in res.stdout  # type: ignore[attr-defined]
+    table = _dab(api, "results", sid)
+    assert "model=elu-dense" in table.stdout and "0/2" in table.stdout  # type: ignore[attr-defined]
+    c = _dab(api, "cancel", sid)
+    assert c.exit_code == 0 and c.stdout.strip() == f"{sid}: cancelled"  # type: ignore[attr-defined]
+    again = _dab(api, "cancel", sid)
+    assert again.exit_code == 2 and "already cancelled" in again.stderr  # type: ignore[attr-defined]
+
+
+def test_exit_codes(serve: object, tmp_path: Path) -> None:
+    api = serve(api_token="tok")  # type: ignore[operator]
+    assert _dab(api, "status", token="wrong").exit_code == 4  # type: ignore[attr-defined]
+    assert _dab(api, "status").exit_code == 4  # type: ignore[attr-defined]
+    assert _dab(api, "status", "0123456789abcdef", token="tok").exit_code == 5  # type: ignore[attr-defined]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nexperiment: sorting\nreplicates: -1\n")
+    r = _dab(api, "submit", str(bad), token="tok")
+    assert r.exit_code == 2 and "replicates" in r.stderr  # type: ignore[attr-defined]
+    down = runner.invoke(app, ["status"], env={"DAB_API_URL": "http://127.0.0.1:9"})
+    assert down.exit_code == 3 and "cannot reach" in down.stderr

@@ -1,0 +1,234 @@
+"""Cost of our driver's tracking: N trivial trials through `workers.driver.run_sweep` with MLflow
+on, against bare `Tuner.fit` of the same trials without any logging, in one run.
+
+Both sides run the same trials (sorting, Signum-Dense with 16-unit layers, T=3, 30 steps, a
+report and a checkpoint every 10 steps: three reports per trial), the same trainable
+(`workers.trainable.make_trainable`), the same resources (0.25 CPU a trial), the same
+``TuneConfig(reuse_actors=True)`` and ``CheckpointConfig(num_to_keep=2)``, on the same local Ray
+(started once, num_cpus=2). Bare Tune has no callbacks and Tune's default JSON/CSV/TensorBoard
+loggers off. Ours is the whole driver path after ``ray.init``: the MLflow experiment and parent
+run, a child run per trial with tags and params, every metric with its step, the final
+checkpoint as an artifact, status.json, runs ended FINISHED, and the checks that make a
+resubmission skip finished trials.
+
+The MLflow store is SQLite (WAL) with its schema created before timing (creating it costs about
+4 s once per store, and a service's store exists long before a sweep). The measurements
+alternate bare / ours / ours / bare (ABBA) so that a drift in the machine's load, which two
+other people share here, falls on both sides; the load average is printed with each.
+
+    python bench/orchestration.py [--trials 50] [--repeats 1] [--with-ray-mlflow]
+
+``--with-ray-mlflow`` also times Ray's own ``MLflowLoggerCallback`` on bare Tune (the anchor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+TRIAL_PARAMS = {
+    "model": "signum-dense",
+    "seq_len": 3,
+    "steps": 30,
+    "eval_every": 10,
+    "batch_size": 64,
+    "train_size": 0,
+    "test_size": 256,
+    "dense_hidden": [16, 16],
+    "approximator_hidden": [16],
+    "num_threads": 1,
+}
+
+
+def make_spec(name: str, n: int) -> tuple[Any, list[Any]]:
+    from workers.spec import expand, parse_spec
+
+    spec = parse_spec(
+        {
+            "name": name,
+            "experiment": "sorting",
+            "params": TRIAL_PARAMS,
+            "replicates": n,
+            "resources": {"cpu": 0.25},
+            "limits": {"max_failures": 0},
+        }
+    )
+    return spec, expand(spec)
+
+
+def load() -> str:
+    return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
+def driver_cpu() -> float:
+    """CPU seconds this (driver) process has used: Tune's loop, our callback and writer thread.
+
+    The trials' own CPU is spent in Ray's worker processes and is the same on both sides, so
+    this is the part of the cost that logging can add, and it does not depend on how loaded
+    the shared machine is.
+    """
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_bare(trials: list[Any], root: Path, callbacks: list[Any] | None = None) -> float:
+    from ray import tune
+
+    from workers.trainable import TRIAL_KEY, make_trainable, trial_dirname, trial_name
+
+    keys = [t.trial_key for t in trials]
+    trainable = make_trainable({t.trial_key: t.config for t in trials}, {"cpu": 0.25}, run_keys=keys)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={TRIAL_KEY: tune.grid_search(keys)},
+        tune_config=tune.TuneConfig(
+            reuse_actors=True, trial_name_creator=trial_name, trial_dirname_creator=trial_dirname
+        ),
+        run_config=tune.RunConfig(
+            name="bare",
+            storage_path=str(root),
+            callbacks=callbacks or [],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=0,
+        ),
+    )
+    t0 = time.perf_counter()
+    results = tuner.fit()
+    seconds = time.perf_counter() - t0
+    assert not results.errors, results.errors
+    assert all((results[i].metrics or {}).get("step") == 30 for i in range(len(results))), "unfinished"
+    return seconds
+
+
+def time_ours(spec: Any, trials: list[Any], sweep_dir: Path, uri: str) -> float:
+    from mlflow import MlflowClient
+
+    from workers.driver import run_sweep
+    from workers.tracking import experiment_name
+
+    t0 = time.perf_counter()
+    outcome = run_sweep(spec, trials, sweep_dir=sweep_dir, tracking_uri=uri, sweep_id=sweep_dir.name)
+    seconds = time.perf_counter() - t0
+    assert outcome.exit_code == 0 and len(outcome.finished) == len(trials), outcome
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment_name(sweep_dir.name))
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], "tags.`dab.role` = 'trial'", max_results=10_000)
+    assert len(runs) == len(trials) and all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.data.metrics.get("step") == 30 for r in runs)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=50)
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="ABBA blocks: each side runs 2 x repeats times"
+    )
+    parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--with-ray-mlflow", action="store_true", help="also time Ray's MLflowLoggerCallback")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    # Tune's own loggers are off on both sides: ResultGrid then warns that it finds no result.json.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+
+    import ray
+
+    from workers.tracking import configure_sqlite
+
+    work = Path(tempfile.mkdtemp(prefix="dab-bench-orch-"))
+    try:
+        uri = f"sqlite:///{work}/mlflow.db"
+        t0 = time.perf_counter()
+        configure_sqlite(uri)
+        from mlflow import MlflowClient
+
+        MlflowClient(uri).search_experiments()  # creates the schema
+        print(
+            f"MLflow SQLite schema created in {time.perf_counter() - t0:.1f} s (once per store; not timed below)"
+        )
+
+        t0 = time.perf_counter()
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+        print(f"local Ray started in {time.perf_counter() - t0:.1f} s (num_cpus={args.num_cpus})")
+
+        # Warm-up (not timed): worker processes, imports, page cache.
+        _, warm = make_spec("warmup", 8)
+        time_bare(warm, work / "warmup")
+
+        bare: list[float] = []
+        ours: list[float] = []
+        cpu: dict[str, list[float]] = {"bare": [], "ours": []}
+        order = ["bare", "ours", "ours", "bare"] * args.repeats
+        for i, side in enumerate(order):
+            before, cpu0 = load(), driver_cpu()
+            if side == "bare":
+                _, trials = make_spec(f"bare{i}", args.trials)
+                seconds = time_bare(trials, work / f"bare{i}")
+                bare.append(seconds)
+            else:
+                spec, trials = make_spec(f"ours{i}", args.trials)
+                seconds = time_ours(spec, trials, work / f"sweep{i}", uri)
+                ours.append(seconds)
+            cpu[side].append(driver_cpu() - cpu0)
+            print(
+                f"  {side:4s} {args.trials} trials: {seconds:6.1f} s wall, {cpu[side][-1]:5.1f} s driver CPU"
+                f"   ({before} -> {load()})",
+                flush=True,
+            )
+
+        ray_mlflow: float | None = None
+        if args.with_ray_mlflow:
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+            _, trials = make_spec("raymlflow", args.trials)
+            before, cpu0 = load(), driver_cpu()
+            ray_mlflow = time_bare(
+                trials,
+                work / "raymlflow",
+                callbacks=[
+                    MLflowLoggerCallback(tracking_uri=uri, experiment_name="ray-mlflow", save_artifact=False)
+                ],
+            )
+            cpu["ray-mlflow"] = [driver_cpu() - cpu0]
+            print(
+                f"  ray-mlflow {args.trials} trials: {ray_mlflow:6.1f} s wall, {cpu['ray-mlflow'][0]:5.1f} s driver"
+                f" CPU   ({before} -> {load()})"
+            )
+
+        b, o = statistics.fmean(bare), statistics.fmean(ours)
+        print()
+        print(f"bare Tune, no logging : {b:6.1f} s  (runs: {', '.join(f'{x:.1f}' for x in bare)})")
+        print(f"our driver + MLflow   : {o:6.1f} s  (runs: {', '.join(f'{x:.1f}' for x in ours)})")
+        print(f"ratio ours / bare     : {o / b:6.3f}  (target <= 1.15)")
+        cb, co = statistics.fmean(cpu["bare"]), statistics.fmean(cpu["ours"])
+        print(f"driver CPU            : bare {cb:.1f} s, ours {co:.1f} s (+{co - cb:.1f} s, {co / cb:.2f}x)")
+        if ray_mlflow is not None:
+            print(
+                f"Ray MLflowLoggerCallback: {ray_mlflow:6.1f} s, ratio {ray_mlflow / b:.3f};"
+                f" driver CPU {cpu['ray-mlflow'][0]:.1f} s"
+            )
+        print(f"machine load at the end: {load()} ({os.cpu_count()} cores)")
+    finally:
+        ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

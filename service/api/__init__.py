@@ -1,0 +1,1 @@
+"""The HTTP API: routers under ``/v1``, dependencies, and response models."""

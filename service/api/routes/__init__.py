@@ -1,0 +1,1 @@
+"""Routers: sweeps (the ``/v1`` API) and health (``/healthz``, ``/metrics``)."""

@@ -1,0 +1,120 @@
+"""Response models: a family per resource (SweepPublic, SweepsPublic(data, count), ...)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+SweepState = Literal["queued", "running", "cancelling", "finished", "failed", "cancelled"]
+TrialState = Literal["pending", "running", "retrying", "finished", "failed", "killed", "skipped"]
+
+
+class Links(BaseModel):
+    self: str
+    trials: str
+    results: str
+    report: str
+    cancel: str
+    mlflow_experiment: str | None = Field(None, description="the sweep's MLflow experiment in the UI")
+    mlflow_ui_command: str = Field(description="opens the MLflow UI on the service's tracking store")
+
+
+class SweepPublic(BaseModel):
+    id: str
+    name: str
+    experiment: str
+    state: SweepState
+    trial_count: int
+    cell_count: int
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    message: str | None = None
+    counts: dict[str, int] | None = Field(None, description="trials by state (from the driver's status)")
+
+
+class SweepsPublic(BaseModel):
+    data: list[SweepPublic]
+    count: int = Field(description="sweeps matching the filter, over all pages")
+
+
+class SweepDetail(SweepPublic):
+    progress: float = Field(description="0..1: finished trials plus the steps done by running ones")
+    eta_s: float | None = Field(None, description="seconds left, from the rate so far")
+    elapsed_s: float | None = None
+    ray_job_id: str | None = None
+    job_attempts: int = 0
+    mlflow_experiment_id: str | None = None
+    parent_run_id: str | None = None
+    tracking_uri: str
+    spec: dict[str, Any]
+    links: Links
+
+
+class TrialPublic(BaseModel):
+    trial_key: str
+    index: int
+    cell_key: str
+    seed: int
+    state: TrialState
+    attempts: int = 0
+    last_step: float | None = None
+    steps: int | None = None
+    run_id: str | None = None
+    run_status: str | None = Field(None, description="the MLflow run's status")
+    metrics: dict[str, float] = Field(default_factory=dict, description="latest value of each metric")
+    error: str | None = None
+
+
+class TrialsPublic(BaseModel):
+    data: list[TrialPublic]
+    count: int
+
+
+class MetricStats(BaseModel):
+    n: int
+    mean: float | None
+    std: float | None
+    min: float | None
+    max: float | None
+    values: list[float]
+    seeds: list[int]
+    paper: dict[str, Any] | None = None
+    p_value: float | None = Field(None, description="Welch's t-test against the reference cell")
+
+
+class CellResult(BaseModel):
+    cell_key: str
+    cell: dict[str, Any]
+    expected: int = Field(description="trials of the cell (its seeds)")
+    metrics: dict[str, MetricStats]
+
+
+class ResultsPublic(BaseModel):
+    sweep_id: str
+    state: SweepState
+    metrics: list[str]
+    agg: Literal["final", "best"]
+    reference_cell: str | None
+    significance: str
+    cells: list[CellResult]
+
+
+class FigureLink(BaseModel):
+    name: str
+    url: str
+
+
+class ReportPublic(BaseModel):
+    sweep_id: str
+    markdown: str
+    figures: list[FigureLink]
+    artifact_path: str | None = Field(None, description="where the report is logged on the parent run")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "starting", "degraded"]
+    ray: str | None = None
+    detail: str | None = None

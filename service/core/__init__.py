@@ -1,0 +1,1 @@
+"""Settings and the domain exception tree of the service."""

@@ -1,0 +1,410 @@
+"""The sweep lifecycle: submit a sweep's driver as a Ray Job, follow it, cancel it, and reconcile
+every unfinished sweep with its job (at start and then every `poll_interval_s`).
+
+State machine of a sweep (the ``state`` column)::
+
+    queued --(driver job submitted)--> running --(job SUCCEEDED)--> finished
+       |                                  |-----(job FAILED, trials failed)--> failed
+       |                                  |-----(job lost or crashed)--> running (resubmitted,
+       |                                  |      the driver restores; at most max_job_attempts)
+       +--(cancel)--> cancelled           +-----(cancel: job stopped)--> cancelling --> cancelled
+
+Everything here is synchronous (Ray's client and MLflow are blocking): the API calls it from
+worker threads, the reconciler from a thread of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shlex
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from service import crud
+from service.core.config import Settings
+from service.core.errors import ConflictError, TooManySweepsError, UnavailableError
+from service.db.models import ACTIVE_STATES, TERMINAL_STATES, Sweep, utcnow
+from service.ray_jobs import TERMINAL_JOB_STATES, EmbeddedRayHead, RayJobs
+from service.specs import CheckedSpec, TrialCache
+from workers._files import STATUS_FILE, atomic_write_json
+
+log = logging.getLogger("service.manager")
+
+SPEC_FILE = "spec.json"
+_EXIT_CODE = re.compile(r"exit code (\d+)")
+#: Driver exit codes that are the sweep's own outcome (1: some trial failed; 2: a bad spec), as
+#: opposed to a crash or a kill, after which the driver is resubmitted and restores.
+_FINAL_EXIT_CODES = {1, 2}
+
+
+class StatusReader:
+    """Reads ``status.json`` files, parsing each again only when it changed on disk."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[int, int, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def read(self, sweep_dir: str | Path) -> dict[str, Any] | None:
+        import json
+
+        path = Path(sweep_dir) / STATUS_FILE
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        key = str(path)
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is not None and hit[0] == st.st_mtime_ns and hit[1] == st.st_size:
+            return hit[2]
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return hit[2] if hit else None
+        with self._lock:
+            self._cache[key] = (st.st_mtime_ns, st.st_size, data)
+        return data if isinstance(data, dict) else None
+
+
+class SweepManager:
+    """Owns the Ray side of the service: the embedded head (if any), job submission, reconciling."""
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.head: EmbeddedRayHead | None = None
+        self.jobs: RayJobs | None = None
+        self.status = StatusReader()
+        self.trials = TrialCache()
+        self.python = settings.driver_python or (sys.executable if settings.embedded else "python")
+        self._submit_lock = threading.Lock()
+        self._reconcile_lock = threading.Lock()
+        self.ready = threading.Event()
+        self.start_error: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start (or adopt) the embedded head, connect to the jobs API, warm MLflow's store."""
+        try:
+            self._init_tracking()
+            if self.settings.embedded:
+                self.head = EmbeddedRayHead(
+                    self.settings.state_path,
+                    num_cpus=self.settings.ray_num_cpus,
+                    gcs_port=self.settings.ray_head_port,
+                    dashboard_port=self.settings.ray_dashboard_port,
+                    start_timeout_s=self.settings.ray_start_timeout_s,
+                )
+                address = self.head.start()
+                self.jobs = RayJobs(address, self.head.token())
+            else:
+                token = self.settings.ray_auth_token
+                assert self.settings.ray_address is not None
+                self.jobs = RayJobs(
+                    self.settings.ray_address,
+                    token.get_secret_value() if token else os.environ.get("RAY_AUTH_TOKEN"),
+                )
+            self.jobs.client()
+            self.ready.set()
+        except Exception as e:
+            self.start_error = f"{type(e).__name__}: {e}"
+            log.error("could not start the Ray side: %s", self.start_error)
+            raise
+
+    def _init_tracking(self) -> None:
+        # Create the MLflow schema once, here, before any driver can race to create it.
+        from workers.tracking import make_client
+
+        make_client(self.settings.tracking_uri).search_experiments(max_results=1)
+
+    def shutdown(self, stop_jobs: bool = True) -> None:
+        """Stop the embedded head, first stopping its jobs so their drivers end runs KILLED.
+        The sweeps stay active: the next start resubmits their drivers, which restore."""
+        if self.head is None:
+            return
+        if stop_jobs and self.jobs is not None:
+            with self.sessions() as s:
+                running = [sw for sw in crud.active_sweeps(s) if sw.ray_job_id]
+            for sw in running:
+                with contextlib.suppress(Exception):
+                    self.jobs.stop(sw.ray_job_id)  # type: ignore[arg-type]
+            deadline = time.monotonic() + 30
+            for sw in running:
+                while time.monotonic() < deadline:
+                    try:
+                        st = self.jobs.status(sw.ray_job_id)  # type: ignore[arg-type]
+                    except Exception:
+                        break
+                    if st is None or st in TERMINAL_JOB_STATES:
+                        break
+                    time.sleep(0.5)
+        self.head.stop()
+        self.head = None
+
+    def require_jobs(self) -> RayJobs:
+        if self.jobs is None:
+            raise UnavailableError(
+                "Ray is not available yet" + (f": {self.start_error}" if self.start_error else ""),
+            )
+        return self.jobs
+
+    # -- submit ----------------------------------------------------------------------------
+
+    def create(self, checked: CheckedSpec, idempotency_key: str | None) -> tuple[Sweep, bool]:
+        """Persist a new sweep (or return the one its idempotency key names) and submit it.
+
+        Returns:
+            (sweep, created)
+        """
+        with self._submit_lock, self.sessions() as s:
+            if idempotency_key:
+                other = crud.find_by_idempotency_key(s, idempotency_key)
+                if other is not None:
+                    if other.spec_hash != checked.spec_hash:
+                        raise crud.idempotency_conflict(other)
+                    return other, False
+            if crud.count_active(s) >= self.settings.max_active_sweeps:
+                raise TooManySweepsError(
+                    f"{self.settings.max_active_sweeps} sweeps are queued or running "
+                    "(DAB_MAX_ACTIVE_SWEEPS); wait for one to end or cancel one"
+                )
+            sweep_id = uuid.uuid4().hex[:16]
+            sweep_dir = self.settings.sweeps_path / sweep_id
+            atomic_write_json(sweep_dir / SPEC_FILE, checked.data)
+            sweep = Sweep(
+                id=sweep_id,
+                name=checked.spec.name,
+                experiment=checked.spec.experiment,
+                state="queued",
+                spec=checked.data,
+                spec_hash=checked.spec_hash,
+                idempotency_key=idempotency_key or None,
+                trial_count=len(checked.trials),
+                cell_count=checked.cells,
+                sweep_dir=str(sweep_dir),
+                job_attempts=0,
+            )
+            stored = crud.create_sweep(s, sweep)
+            if stored.id != sweep_id:
+                return stored, False
+        self.trials.get(sweep_id, checked.data)  # warm: the first GET needs no expansion
+        if self.jobs is not None:
+            try:
+                self.submit_driver(sweep_id)
+            except UnavailableError as e:  # stays queued; the reconciler tries again
+                log.warning("sweep %s queued: %s", sweep_id, e)
+        with self.sessions() as s:
+            return crud.get_sweep(s, sweep_id), True
+
+    def entrypoint(self, sweep: Sweep) -> str:
+        q = shlex.quote
+        return (
+            f"{q(self.python)} -m workers.driver {q(str(Path(sweep.sweep_dir) / SPEC_FILE))} "
+            f"--sweep-dir {q(sweep.sweep_dir)} --tracking-uri {q(self.settings.tracking_uri)} "
+            f"--sweep-id {q(sweep.id)} --verbose 0"
+        )
+
+    def submit_driver(self, sweep_id: str) -> None:
+        jobs = self.require_jobs()
+        with self.sessions() as s:
+            sweep = crud.get_sweep(s, sweep_id)
+            attempt = sweep.job_attempts + 1
+            job_id = f"dab-{sweep.id}-{attempt}"
+            entrypoint = self.entrypoint(sweep)
+        # The embedded head inherits this process's environment: a DAB_RAY_ADDRESS there must
+        # not send the driver elsewhere (a Ray Job joins its cluster through RAY_ADDRESS).
+        jobs.submit(
+            entrypoint,
+            job_id,
+            metadata={"dab_sweep_id": sweep_id, "attempt": str(attempt)},
+            env={"DAB_RAY_ADDRESS": ""},
+        )
+        with self.sessions() as s:
+            sweep = crud.get_sweep(s, sweep_id)
+            crud.update_sweep(
+                s,
+                sweep_id,
+                ray_job_id=job_id,
+                job_attempts=attempt,
+                state="running" if sweep.state == "queued" else sweep.state,
+                started_at=sweep.started_at or utcnow(),
+                message=None if attempt == 1 else f"driver resubmitted (attempt {attempt}); it restores",
+            )
+        log.info("sweep %s: submitted driver job %s", sweep_id, job_id)
+
+    # -- cancel ----------------------------------------------------------------------------
+
+    def cancel(self, sweep_id: str) -> Sweep:
+        with self.sessions() as s:
+            sweep = crud.get_sweep(s, sweep_id)
+            if sweep.state in TERMINAL_STATES:
+                raise ConflictError(f"sweep {sweep_id} is already {sweep.state}", field="state")
+            if sweep.state == "queued" and not sweep.ray_job_id:
+                return crud.update_sweep(
+                    s, sweep_id, state="cancelled", finished_at=utcnow(), message="cancelled"
+                )
+            crud.update_sweep(s, sweep_id, state="cancelling", message="cancel requested")
+            job_id = sweep.ray_job_id
+        if job_id and self.jobs is not None:
+            self.jobs.stop(job_id)
+        self.reconcile_one(sweep_id)
+        with self.sessions() as s:
+            return crud.get_sweep(s, sweep_id)
+
+    # -- reconcile -------------------------------------------------------------------------
+
+    def reconcile_all(self) -> None:
+        """Bring every active sweep's state in line with its Ray job (and resubmit lost ones)."""
+        with self.sessions() as s:
+            ids = [sw.id for sw in crud.active_sweeps(s)]
+        for sweep_id in ids:
+            try:
+                self.reconcile_one(sweep_id)
+            except UnavailableError as e:
+                log.warning("sweep %s: %s", sweep_id, e)
+            except Exception:
+                log.exception("sweep %s: reconcile failed", sweep_id)
+
+    def reconcile_one(self, sweep_id: str) -> None:
+        with self._reconcile_lock:
+            self._reconcile(sweep_id)
+
+    def _reconcile(self, sweep_id: str) -> None:
+        with self.sessions() as s:
+            sweep = crud.get_sweep(s, sweep_id)
+        if sweep.state not in ACTIVE_STATES:
+            return
+        status = self.status.read(sweep.sweep_dir)
+        self._record_status(sweep, status)
+        if self.jobs is None:
+            return
+        if sweep.ray_job_id is None:
+            if sweep.state == "queued":
+                self.submit_driver(sweep_id)
+            return
+        job = self.jobs.status(sweep.ray_job_id)
+        if job in ("PENDING", "RUNNING"):
+            return
+        if sweep.state == "cancelling":
+            if job is None or job in TERMINAL_JOB_STATES:
+                self._end(sweep, "cancelled", "cancelled")
+            return
+        if job == "SUCCEEDED":
+            self._end(sweep, "finished", None)
+            return
+        if job == "STOPPED":
+            self._end(sweep, "cancelled", "the driver job was stopped outside the service")
+            return
+        # FAILED, or unknown to Ray (a new head after a crash): the sweep's outcome, or a crash?
+        code = None
+        if job == "FAILED":
+            info = self.jobs.info(sweep.ray_job_id)
+            m = _EXIT_CODE.search(str(getattr(info, "message", "") or ""))
+            code = int(m.group(1)) if m else None
+        if code in _FINAL_EXIT_CODES and status is not None and status.get("state") in ("failed", "finished"):
+            counts = status.get("counts", {})
+            self._end(sweep, "failed", f"{counts.get('failed', 0)} trial(s) failed")
+            return
+        if code == 2:
+            self._end(sweep, "failed", self._job_tail(sweep.ray_job_id))
+            return
+        if sweep.job_attempts >= self.settings.max_job_attempts:
+            self._end(
+                sweep,
+                "failed",
+                f"the driver job ended {job or 'lost'} {sweep.job_attempts} times: {self._job_tail(sweep.ray_job_id)}",
+            )
+            return
+        log.warning(
+            "sweep %s: driver job %s is %s; resubmitting a driver that restores",
+            sweep_id,
+            sweep.ray_job_id,
+            job or "gone",
+        )
+        self.submit_driver(sweep_id)
+
+    def _job_tail(self, job_id: str | None) -> str:
+        if not job_id or self.jobs is None:
+            return ""
+        lines = [ln for ln in self.jobs.logs(job_id).splitlines() if ln.strip()]
+        return " | ".join(lines[-3:])[-1000:]
+
+    def _record_status(self, sweep: Sweep, status: dict[str, Any] | None) -> None:
+        if status is None:
+            return
+        fields: dict[str, Any] = {}
+        if status.get("counts") and status["counts"] != sweep.counts:
+            fields["counts"] = status["counts"]
+        if status.get("experiment_id") and status["experiment_id"] != sweep.mlflow_experiment_id:
+            fields["mlflow_experiment_id"] = str(status["experiment_id"])
+        if status.get("parent_run_id") and status["parent_run_id"] != sweep.parent_run_id:
+            fields["parent_run_id"] = str(status["parent_run_id"])
+        if fields:
+            with self.sessions() as s:
+                crud.update_sweep(s, sweep.id, **fields)
+
+    def _end(self, sweep: Sweep, state: str, message: str | None) -> None:
+        if state != "finished":
+            self._end_running_runs(sweep)
+        status = self.status.read(sweep.sweep_dir)
+        with self.sessions() as s:
+            crud.update_sweep(
+                s,
+                sweep.id,
+                state=state,
+                message=message,
+                finished_at=utcnow(),
+                counts=(status or {}).get("counts") or sweep.counts,
+            )
+        log.info("sweep %s: %s%s", sweep.id, state, f" ({message})" if message else "")
+
+    def _end_running_runs(self, sweep: Sweep) -> None:
+        """A driver SIGKILLed before it ended its runs leaves them RUNNING: end them KILLED."""
+        from workers.tracking import KILLED, RUNNING, TAG_SWEEP_ID, make_client
+
+        exp_id = sweep.mlflow_experiment_id or (self.status.read(sweep.sweep_dir) or {}).get("experiment_id")
+        if not exp_id:
+            return
+        try:
+            client = make_client(self.settings.tracking_uri)
+            runs = client.search_runs(
+                [str(exp_id)],
+                f"attributes.status = '{RUNNING}' and tags.`{TAG_SWEEP_ID}` = '{sweep.id}'",
+                max_results=10_000,
+            )
+            for run in runs:
+                client.set_tag(
+                    run.info.run_id, "dab.end_reason", "sweep ended; the driver did not end this run"
+                )
+                client.set_terminated(run.info.run_id, KILLED)
+        except Exception as e:
+            log.warning("sweep %s: could not end RUNNING runs: %s", sweep.id, e)
+
+    # -- the reconciler thread -------------------------------------------------------------
+
+    def run_reconciler(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            if self.ready.is_set():
+                self.reconcile_all()
+            stop.wait(self.settings.poll_interval_s)
+
+
+def elapsed_s(started: datetime | None, ended: datetime | None) -> float | None:
+    started, ended = crud.as_utc(started), crud.as_utc(ended)
+    if started is None:
+        return None
+    return ((ended or utcnow()) - started).total_seconds()
+
+
+__all__ = ["SPEC_FILE", "StatusReader", "SweepManager", "elapsed_s"]

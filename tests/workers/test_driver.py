@@ -1,0 +1,347 @@
+"""The sweep driver end to end: real Ray Tune, real MLflow.
+
+In-process runs use the session's local Ray; the CLI runs join it by address, as a driver
+joins a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from workers.driver import main, run_sweep
+from workers.tracking import git_commit, package_version
+
+STEPS = [10, 20, 30, 40]
+
+
+def _status(sweep_dir: Path) -> dict[str, Any]:
+    return json.loads((sweep_dir / "status.json").read_text())
+
+
+def _tune_checkpoints(sweep_dir: Path) -> list[Path]:
+    return sorted(p for p in (sweep_dir / "tune").glob("*/*/checkpoint_*"))
+
+
+@pytest.mark.slow
+def test_four_trial_sweep_makes_one_parent_and_four_finished_children(
+    ray_address: str,
+    tracking_uri: str,
+    tmp_path: Path,
+    make_sweep: Callable[..., Any],
+    mlflow_sweep: Callable[..., Any],
+    sorting_metrics: set[str],
+) -> None:
+    spec, trials = make_sweep("four", replicates=2, grid={"lr": [0.001, 0.01]})
+    sweep_dir = tmp_path / "sweep-four"
+    outcome = run_sweep(spec, trials, sweep_dir=sweep_dir, tracking_uri=tracking_uri)
+
+    assert outcome.exit_code == 0 and outcome.state == "finished"
+    assert sorted(outcome.ran) == sorted(outcome.finished) == sorted(t.trial_key for t in trials)
+    assert outcome.skipped == [] and outcome.failed == [] and outcome.tracking_errors == []
+    assert outcome.sweep_id == "sweep-four"  # the sweep directory's name by default
+
+    view = mlflow_sweep(tracking_uri, "sweep-four")
+    assert len(view.parents) == 1
+    parent = view.parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["dab.spec_name"] == "four"
+    assert parent.data.tags["dab.trial_count"] == "4"
+    assert parent.data.tags["dab.count.finished"] == "4"
+    assert parent.data.tags["dab.skipped_count"] == "0"
+    assert parent.data.tags["dab.metric"] == "test_all_or_none" and parent.data.tags["dab.mode"] == "max"
+
+    by_key = view.by_key()
+    assert sorted(by_key) == sorted(t.trial_key for t in trials)
+    for trial in trials:
+        [run] = by_key[trial.trial_key]  # exactly one run per trial
+        tags = run.data.tags
+        assert run.info.status == "FINISHED"
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert tags["dab.sweep_id"] == "sweep-four"
+        assert tags["dab.role"] == "trial"
+        assert json.loads(tags["dab.cell"]) == trial.cell
+        assert tags["dab.cell_key"] == trial.cell_key
+        assert tags["dab.seed"] == str(trial.seed) and tags["dab.replicate"] == str(trial.replicate)
+        assert tags["dab.family"] == "sorting"
+        assert tags["dab.version"] == package_version()
+        assert tags["dab.git_commit"] == git_commit() != ""
+        assert tags["dab.attempts"] == "1"
+        assert run.data.params["lr"] == str(trial.config["lr"])
+        assert run.data.params["seed"] == str(trial.seed)
+        assert run.data.params["dense_hidden"] == "[16, 16]"
+        assert run.data.params["hard_params"] == "{}"
+        # Every metric, every report step, once.
+        assert view.steps(run) == {metric: STEPS for metric in sorting_metrics}
+        assert run.data.metrics["step"] == 40.0
+        artifacts = {a.path for a in view.client.list_artifacts(run.info.run_id, "checkpoint")}
+        assert artifacts == {"checkpoint/trial.pt", "checkpoint/dab_history.json"}
+
+    status = _status(sweep_dir)
+    assert status["state"] == "finished"
+    assert status["counts"] == {
+        "total": 4,
+        "pending": 0,
+        "running": 0,
+        "retrying": 0,
+        "finished": 4,
+        "failed": 0,
+        "killed": 0,
+        "skipped": 0,
+    }
+    for trial in trials:
+        entry = status["trials"][trial.trial_key]
+        assert entry["state"] == "finished" and entry["attempts"] == 1 and entry["last_step"] == 40
+        assert entry["run_id"] == by_key[trial.trial_key][0].info.run_id
+        assert (entry["cell_key"], entry["seed"], entry["index"]) == (trial.cell_key, trial.seed, trial.index)
+    assert status["parent_run_id"] == parent.info.run_id
+    sweep = json.loads((sweep_dir / "sweep.json").read_text())
+    assert sweep["sweep_id"] == "sweep-four" and sweep["parent_run_id"] == parent.info.run_id
+    # A finished trial's final checkpoint is in MLflow: Tune's copies are gone.
+    assert _tune_checkpoints(sweep_dir) == []
+
+
+@pytest.mark.slow
+def test_resubmitting_runs_nothing_and_a_new_seed_runs_only_its_trials(
+    ray_address: str,
+    tracking_uri: str,
+    tmp_path: Path,
+    make_sweep: Callable[..., Any],
+    mlflow_sweep: Callable[..., Any],
+) -> None:
+    sweep_dir = tmp_path / "sweep-grow"
+    spec, trials = make_sweep("grow", replicates=[0, 1])
+    first = run_sweep(spec, trials, sweep_dir=sweep_dir, tracking_uri=tracking_uri, checkpoints_to_keep=1)
+    assert first.exit_code == 0 and len(first.finished) == 2
+    run_ids = {
+        k: runs[0].info.run_id for k, runs in mlflow_sweep(tracking_uri, "sweep-grow").by_key().items()
+    }
+    tune_dirs = sorted((sweep_dir / "tune").iterdir())
+    assert len(tune_dirs) == 1
+
+    again = run_sweep(spec, trials, sweep_dir=sweep_dir, tracking_uri=tracking_uri)
+    assert again.exit_code == 0 and again.state == "finished"
+    assert again.ran == [] and again.finished == []
+    assert sorted(again.skipped) == sorted(run_ids)
+    assert again.tune_experiment is None  # nothing was handed to Tune
+    assert sorted((sweep_dir / "tune").iterdir()) == tune_dirs
+    status = _status(sweep_dir)
+    assert status["counts"]["skipped"] == 2 and status["counts"]["finished"] == 0
+    assert sorted(status["skipped"], key=lambda s: s["trial_key"]) == [
+        {"trial_key": k, "reason": "already has a FINISHED MLflow run", "run_id": run_ids[k]}
+        for k in sorted(run_ids)
+    ]
+    view = mlflow_sweep(tracking_uri, "sweep-grow")
+    assert len(view.parents) == 1 and len(view.children) == 2
+    assert view.parents[0].data.tags["dab.skipped_count"] == "2"
+    assert sorted(view.parents[0].data.tags["dab.skipped"].split(",")) == sorted(run_ids)
+    assert view.statuses() == ["FINISHED"] * 3
+
+    spec3, trials3 = make_sweep("grow", replicates=[0, 1, 2])
+    new_key = next(t.trial_key for t in trials3 if t.seed == 2)
+    grown = run_sweep(spec3, trials3, sweep_dir=sweep_dir, tracking_uri=tracking_uri)
+    assert grown.exit_code == 0
+    assert grown.ran == [new_key] and grown.finished == [new_key]
+    assert sorted(grown.skipped) == sorted(run_ids)
+    assert not grown.restored  # the old Tune experiment was not built for the new trial
+    new_dirs = sorted(set((sweep_dir / "tune").iterdir()) - set(tune_dirs))
+    assert len(new_dirs) == 1
+    assert json.loads((new_dirs[0] / "dab_trials.json").read_text())["trial_keys"] == [new_key]
+    view = mlflow_sweep(tracking_uri, "sweep-grow")
+    assert len(view.parents) == 1
+    by_key = view.by_key()
+    assert sorted(by_key) == sorted([*run_ids, new_key])
+    assert all(len(runs) == 1 for runs in by_key.values())
+    assert {k: by_key[k][0].info.run_id for k in run_ids} == run_ids  # old runs untouched
+    assert view.steps(by_key[new_key][0])["test_all_or_none"] == STEPS
+    assert view.statuses() == ["FINISHED"] * 4
+
+
+@pytest.mark.slow
+def test_a_trial_tune_finished_but_mlflow_never_ended_is_finished_from_its_checkpoint(
+    ray_address: str,
+    tracking_uri: str,
+    tmp_path: Path,
+    make_sweep: Callable[..., Any],
+    mlflow_sweep: Callable[..., Any],
+    sorting_metrics: set[str],
+) -> None:
+    """A driver that died after Tune recorded a trial TERMINATED but before its run was ended:
+    the restore does not train it again; the run is ended FINISHED from the final checkpoint."""
+    sweep_dir = tmp_path / "sweep-end"
+    spec, trials = make_sweep("end", replicates=2)
+    first = run_sweep(spec, trials, sweep_dir=sweep_dir, tracking_uri=tracking_uri, prune_checkpoints=False)
+    assert first.exit_code == 0
+    view = mlflow_sweep(tracking_uri, "sweep-end")
+    victim = trials[0].trial_key
+    run_id = view.by_key()[victim][0].info.run_id
+    view.client.update_run(run_id, status="RUNNING")  # what a SIGKILL at that moment leaves
+
+    again = run_sweep(spec, trials, sweep_dir=sweep_dir, tracking_uri=tracking_uri)
+    assert again.exit_code == 0
+    assert again.ran == [victim] and again.finished == [victim] and again.restored
+    assert again.skipped == [trials[1].trial_key]
+    status = _status(sweep_dir)
+    assert status["trials"][victim]["attempts"] == 1  # not trained again
+    assert len(status["trials"][victim]["starts"]) == 1
+    view = mlflow_sweep(tracking_uri, "sweep-end")
+    [run] = view.by_key()[victim]
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert view.steps(run) == {m: STEPS for m in sorting_metrics}
+    assert view.statuses() == ["FINISHED"] * 3
+    # Its checkpoints left Tune's storage once it was FINISHED; the other trial's (run with
+    # prune_checkpoints=False) are still there.
+    remaining = {p.parent.name.split("-", 1)[1] for p in _tune_checkpoints(sweep_dir)}
+    assert remaining == {trials[1].trial_key[:16]}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="the failing trial asks for CUDA on a machine without it"
+)
+def test_a_failing_trial_ends_failed_and_the_driver_exits_1(
+    ray_address: str,
+    tracking_uri: str,
+    tmp_path: Path,
+    make_sweep: Callable[..., Any],
+    mlflow_sweep: Callable[..., Any],
+) -> None:
+    spec, trials = make_sweep(
+        "fails", replicates=1, grid={"device": ["cpu", "cuda"]}, limits={"max_failures": 0}
+    )
+    sweep_dir = tmp_path / "sweep-fails"
+    outcome = run_sweep(spec, trials, sweep_dir=sweep_dir, tracking_uri=tracking_uri)
+    cpu, cuda = (next(t.trial_key for t in trials if t.config["device"] == d) for d in ("cpu", "cuda"))
+    assert outcome.exit_code == 1 and outcome.state == "failed"
+    assert outcome.finished == [cpu] and outcome.failed == [cuda]
+
+    view = mlflow_sweep(tracking_uri, "sweep-fails")
+    by_key = view.by_key()
+    assert by_key[cpu][0].info.status == "FINISHED"
+    assert by_key[cuda][0].info.status == "FAILED"
+    assert "cuda" in by_key[cuda][0].data.tags["dab.end_reason"].lower()
+    assert view.parents[0].info.status == "FAILED"
+    status = _status(sweep_dir)
+    assert status["state"] == "failed"
+    assert status["trials"][cuda]["state"] == "failed" and "cuda" in status["trials"][cuda]["error"].lower()
+
+
+def test_the_cli_refuses_a_suite_with_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a.yaml").write_text(
+        "name: a\nexperiment: sorting\nparams: {model: signum-dense, seq_len: 3, steps: 10}\n"
+    )
+    (tmp_path / "suite.yaml").write_text("name: s\ninclude: [a.yaml]\n")
+    code = main(
+        [
+            str(tmp_path / "suite.yaml"),
+            "--sweep-dir",
+            str(tmp_path / "sw"),
+            "--tracking-uri",
+            "sqlite:///x.db",
+        ]
+    )
+    assert code == 2
+    assert "is a suite (a)" in capsys.readouterr().err
+    assert not (tmp_path / "sw").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path, tracking_uri: str) -> Iterator[str]:
+    """A real ``mlflow server`` on a free port (SQLite backend, artifacts proxied)."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            tracking_uri,
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=open(tmp_path / "mlflow-server.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(
+                    f"mlflow server did not start: {(tmp_path / 'mlflow-server.log').read_text()[-2000:]}"
+                )
+            time.sleep(0.3)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_cli_joins_a_cluster_by_address_and_tracks_to_an_http_server(
+    ray_address: str,
+    mlflow_server: str,
+    tmp_path: Path,
+    tiny: dict[str, Any],
+    driver_cli: Callable[..., Any],
+    mlflow_sweep: Callable[..., Any],
+) -> None:
+    spec = {
+        "name": "remote",
+        "experiment": "sorting",
+        "params": tiny,
+        "replicates": 2,
+        "resources": {"cpu": 0.5},
+    }
+    sweep_dir = tmp_path / "sweep-remote"
+    argv, env = driver_cli(spec, sweep_dir, mlflow_server, ray_address=ray_address)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "sweep sweep-remote: finished; ran 2, skipped 0, finished 2" in done.stdout
+
+    view = mlflow_sweep(mlflow_server, "sweep-remote")
+    assert len(view.parents) == 1 and len(view.children) == 2
+    assert view.statuses() == ["FINISHED"] * 3
+    for run in view.children:
+        assert view.steps(run)["train_loss"] == STEPS
+        assert {a.path for a in view.client.list_artifacts(run.info.run_id, "checkpoint")} == {
+            "checkpoint/trial.pt",
+            "checkpoint/dab_history.json",
+        }
+    # The artifacts went through the server, into its artifact store.
+    assert len(list((tmp_path / "server-artifacts").rglob("trial.pt"))) == 2

@@ -1,0 +1,197 @@
+"""The sweep's machine-readable status file (``status.json`` in the sweep directory).
+
+Private: written by the driver and its Tune callback, read by the service. It is rewritten
+atomically (temp file + rename) on every trial state change and at most once a second for
+progress, so a reader always sees a whole file. Shape::
+
+    {"version": 1, "sweep_id": ..., "name": ..., "state": "running" | "finished" | "failed"
+     | "interrupted", "driver_pid": ..., "started_at": ..., "updated_at": ..., "finished_at": ...,
+     "tracking_uri": ..., "experiment_id": ..., "parent_run_id": ..., "tune_experiment": ...,
+     "counts": {"total", "skipped", "pending", "running", "retrying", "finished", "failed",
+                "killed"},
+     "trials": {trial_key: {"index", "cell_key", "replicate", "seed", "state", "attempts",
+                            "last_step", "run_id", "pid", "error", "starts": [{"attempt",
+                            "from_step"}]}},
+     "skipped": [{"trial_key", "reason", "run_id"}],
+     "notes": [...], "tracking_errors": [...]}
+
+Trial states: ``pending`` (not started by this driver yet), ``running``, ``retrying`` (its
+worker failed; Tune restarts it from its last checkpoint), ``finished``, ``failed`` (out of
+retries), ``killed`` (the driver stopped first), ``skipped`` (already FINISHED in MLflow).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from workers._files import STATUS_FILE, atomic_write_json, read_json
+
+STATES = ("pending", "running", "retrying", "finished", "failed", "killed", "skipped")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class SweepStatus:
+    """In-memory sweep status with throttled atomic writes to ``<sweep dir>/status.json``."""
+
+    def __init__(
+        self, sweep_dir: str | os.PathLike[str], header: Mapping[str, Any], min_interval_s: float = 1.0
+    ) -> None:
+        self.path = Path(sweep_dir) / STATUS_FILE
+        self.min_interval_s = min_interval_s
+        previous = read_json(self.path) or {}
+        self._previous_trials: dict[str, Any] = (
+            previous.get("trials", {}) if isinstance(previous, dict) else {}
+        )
+        self.data: dict[str, Any] = {
+            "version": 1,
+            **header,
+            "state": "running",
+            "driver_pid": os.getpid(),
+            "started_at": _now(),
+            "updated_at": _now(),
+            "finished_at": None,
+            "counts": {},
+            "trials": {},
+            "skipped": [],
+            "notes": [],
+            "tracking_errors": [],
+        }
+        self._lock = threading.RLock()
+        self._dirty = True
+        self._state_changed = True
+        self._last_write = 0.0
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def add_trials(self, trials: Iterable[Any], runs: Mapping[str, Any]) -> None:
+        """Register the sweep's trials; `runs` maps trial_key -> its existing `ChildRun`."""
+        with self._lock:
+            for trial in trials:
+                key = trial.trial_key
+                before = self._previous_trials.get(key, {})
+                run = runs.get(key)
+                self.data["trials"][key] = {
+                    "index": trial.index,
+                    "cell_key": trial.cell_key,
+                    "replicate": trial.replicate,
+                    "seed": trial.seed,
+                    "state": "pending",
+                    "attempts": int(before.get("attempts", 0)),
+                    "last_step": run.last_step if run is not None else None,
+                    "run_id": run.run_id if run is not None else None,
+                    "pid": None,
+                    "error": None,
+                    "starts": list(before.get("starts", [])),
+                }
+            self._touch(True)
+
+    def skip(self, key: str, reason: str, run_id: str | None) -> None:
+        with self._lock:
+            self.data["trials"][key]["state"] = "skipped"
+            self.data["skipped"].append({"trial_key": key, "reason": reason, "run_id": run_id})
+            self._touch(True)
+
+    def set(self, **fields: Any) -> None:
+        with self._lock:
+            self.data.update(fields)
+            self._touch(True)
+
+    def note(self, text: str) -> None:
+        with self._lock:
+            self.data["notes"].append(text)
+            self._touch(True)
+
+    # -- trial events ---------------------------------------------------------------------
+
+    def attempts(self, key: str) -> int:
+        with self._lock:
+            return int(self.data["trials"][key]["attempts"])
+
+    def started(self, key: str, *, from_step: float, run_id: str | None = None) -> None:
+        with self._lock:
+            t = self.data["trials"][key]
+            t["attempts"] += 1
+            t["state"] = "running"
+            t["error"] = None
+            t["pid"] = None  # the worker's pid comes with its first report
+            t["starts"].append({"attempt": t["attempts"], "from_step": from_step, "at": _now()})
+            if run_id:
+                t["run_id"] = run_id
+            self._touch(True)
+
+    def progress(self, key: str, *, step: float, pid: Any = None, run_id: str | None = None) -> None:
+        with self._lock:
+            t = self.data["trials"][key]
+            t["last_step"] = step if t["last_step"] is None else max(step, t["last_step"])
+            if pid is not None:
+                t["pid"] = pid
+            if run_id and not t["run_id"]:
+                t["run_id"] = run_id
+            self._touch(False)
+
+    def retrying(self, key: str, *, error: str) -> None:
+        self._end(key, "retrying", error)
+
+    def failed(self, key: str, *, error: str) -> None:
+        self._end(key, "failed", error)
+
+    def finished(self, key: str) -> None:
+        self._end(key, "finished", None)
+
+    def stopped(self, key: str, *, state: str, error: str) -> None:
+        self._end(key, state, error)
+
+    def _end(self, key: str, state: str, error: str | None) -> None:
+        with self._lock:
+            t = self.data["trials"][key]
+            t["state"] = state
+            t["error"] = error
+            self._touch(True)
+
+    def set_run_ids(self, run_ids: Mapping[str, str | None]) -> None:
+        with self._lock:
+            for key, run_id in run_ids.items():
+                if run_id and key in self.data["trials"]:
+                    self.data["trials"][key]["run_id"] = run_id
+            self._touch(False)
+
+    # -- queries and writing -----------------------------------------------------------------
+
+    def states(self) -> dict[str, str]:
+        with self._lock:
+            return {k: t["state"] for k, t in self.data["trials"].items()}
+
+    def _touch(self, state_changed: bool) -> None:
+        self._dirty = True
+        self._state_changed = self._state_changed or state_changed
+
+    def maybe_write(self) -> None:
+        """Write a state change within 0.2 s, progress within `min_interval_s`."""
+        if not self._dirty:
+            return
+        since = time.monotonic() - self._last_write
+        if since >= self.min_interval_s or (self._state_changed and since >= 0.2):
+            self.write()
+
+    def write(self) -> None:
+        with self._lock:
+            counts = Counter(t["state"] for t in self.data["trials"].values())
+            self.data["counts"] = {"total": len(self.data["trials"]), **{s: counts.get(s, 0) for s in STATES}}
+            self.data["updated_at"] = _now()
+            atomic_write_json(self.path, self.data)
+            self._dirty = False
+            self._state_changed = False
+            self._last_write = time.monotonic()
+
+
+__all__ = ["STATES", "SweepStatus"]

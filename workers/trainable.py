@@ -1,0 +1,175 @@
+"""The Ray Tune trainable: a thin adapter from a trial to `dab_core.run_trial`.
+
+A Tune trial's config holds only its ``trial_key``; the trials' configs travel once, through
+`tune.with_parameters`, as a table keyed by trial_key (600 resolved configs would otherwise be
+copied into every trial's state and the experiment checkpoint). The trainable:
+
+* looks its config up and validates it (`dab_core.experiments.parse_config`) before any compute;
+* resumes from `tune.get_checkpoint()` (model, optimiser, step and RNG are in the checkpoint);
+* reports every ``eval_every`` steps through `tune.report`, with a checkpoint every
+  ``checkpoint_every`` steps and at the end (Tune copies it into the trial's storage before
+  `report` returns, which is what the temporary directory of `run_trial` needs);
+* writes the trial's report history (``dab_history.json``) into every checkpoint, so a trial
+  restored from checkpoint k carries every metric up to k. The driver uses it to fill in
+  MLflow steps that a killed driver reported but never wrote: resuming never leaves a gap.
+
+Trials outside ``run_keys`` return at once without reporting: a restored Tune experiment can
+hold trials that already have a FINISHED MLflow run, and those must not train again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+HISTORY_FILE = "dab_history.json"
+HISTORY_TIME_KEY = "_time_ms"
+TRIAL_KEY = "trial_key"
+
+
+def read_history(checkpoint_dir: str | os.PathLike[str]) -> list[dict[str, float]]:
+    """The report history stored in a checkpoint directory (empty when it has none)."""
+    path = Path(checkpoint_dir) / HISTORY_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    return [dict(entry) for entry in data]
+
+
+def read_checkpoint_history(checkpoint: Any) -> list[dict[str, float]]:
+    """The report history of a `ray.tune.Checkpoint`, read on whatever filesystem holds it."""
+    if checkpoint is None:
+        return []
+    path = f"{checkpoint.path.rstrip('/')}/{HISTORY_FILE}"
+    try:
+        with checkpoint.filesystem.open_input_stream(path) as f:
+            data = json.loads(f.readall().decode("utf-8"))
+    except (FileNotFoundError, OSError):
+        return []
+    return [dict(entry) for entry in data]
+
+
+def _write_history(checkpoint_dir: str, history: list[dict[str, float]]) -> None:
+    # allow_nan keeps a NaN loss (a diverged trial) instead of crashing the report.
+    with open(Path(checkpoint_dir) / HISTORY_FILE, "w", encoding="utf-8") as f:
+        json.dump(history, f, allow_nan=True)
+
+
+def dab_trainable(
+    config: Mapping[str, Any],
+    *,
+    trial_configs: Mapping[str, Mapping[str, Any]],
+    run_keys: Iterable[str] | None = None,
+) -> None:
+    """Run the trial named by ``config["trial_key"]`` under Tune.
+
+    Args:
+        config: the Tune trial config, ``{"trial_key": key}``.
+        trial_configs: trial_key -> the fully resolved `dab_core` trial config.
+        run_keys: the keys to train; any other trial returns at once without reporting.
+    """
+    from ray import tune
+
+    from dab_core import run_trial
+    from dab_core.experiments import parse_config
+
+    key = config[TRIAL_KEY]
+    if run_keys is not None and key not in run_keys:
+        return
+    if key not in trial_configs:
+        raise KeyError(f"trial_key {key!r} is not in this sweep's trial table ({len(trial_configs)} trials)")
+    trial_config = dict(trial_configs[key])
+    parse_config(trial_config)  # a bad config fails here, before any compute, naming the field
+
+    history: list[dict[str, float]] = []
+
+    def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+        metrics = {k: float(v) for k, v in metrics.items()}
+        history.append({**metrics, HISTORY_TIME_KEY: float(int(time.time() * 1000))})
+        if checkpoint_dir is None:
+            tune.report(metrics)
+            return
+        _write_history(checkpoint_dir, history)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        run_trial(trial_config, report=report)
+        return
+    with checkpoint.as_directory() as directory:
+        history.extend(read_history(directory))
+        run_trial(trial_config, report=report, checkpoint_dir=directory)
+
+
+def resolve_resources(
+    requested: Mapping[str, float | int | None], cluster: Mapping[str, float]
+) -> tuple[dict[str, float], list[str]]:
+    """Per-trial resources for `tune.with_resources`, fitted to what the cluster has.
+
+    A GPU request (fractions included: 0.25 packs four trials on a GPU) is kept when the cluster
+    has GPUs and dropped with a note when it has none, so a spec written for the GPU cluster also
+    runs on a laptop (the trial's ``device: auto`` then picks the CPU). A request larger than
+    the whole cluster is an error: Tune would keep the trial PENDING forever.
+
+    Returns:
+        (resources, notes): the resource dict and human-readable notes on what was changed.
+    """
+    notes: list[str] = []
+    out: dict[str, float] = {}
+    for name, value in requested.items():
+        if value is None or value == 0:
+            continue
+        if value < 0 or not math.isfinite(float(value)):
+            raise ValueError(f"resources.{name} must be a finite number >= 0, got {value!r}")
+        out[name.lower()] = float(value)
+    out.setdefault("cpu", 1.0)
+    have_gpu = float(cluster.get("GPU", 0.0))
+    if out.get("gpu", 0.0) > 0 and have_gpu <= 0:
+        notes.append(f"resources.gpu={out.pop('gpu')} dropped: the Ray cluster has no GPU")
+    for name, ray_name in (("cpu", "CPU"), ("gpu", "GPU"), ("memory", "memory")):
+        if name in out and ray_name in cluster and out[name] > float(cluster[ray_name]):
+            raise ValueError(
+                f"resources.{name}={out[name]:g} per trial exceeds the whole cluster's {cluster[ray_name]:g}"
+            )
+    return out, notes
+
+
+def make_trainable(
+    trial_configs: Mapping[str, Mapping[str, Any]],
+    resources: Mapping[str, float],
+    run_keys: Iterable[str] | None = None,
+) -> Callable[..., Any]:
+    """`dab_trainable` bound to its trial table (via `tune.with_parameters`) and resources."""
+    from ray import tune
+
+    keys = None if run_keys is None else frozenset(run_keys)
+    bound = tune.with_parameters(dab_trainable, trial_configs=dict(trial_configs), run_keys=keys)
+    return tune.with_resources(bound, dict(resources))
+
+
+def trial_dirname(trial: Any) -> str:
+    """Tune trial directory name: short and stable (the default embeds the whole config)."""
+    return f"{trial.trial_id}-{str(trial.config.get(TRIAL_KEY, ''))[:16]}"
+
+
+def trial_name(trial: Any) -> str:
+    return f"{trial.trial_id}-{str(trial.config.get(TRIAL_KEY, ''))[:16]}"
+
+
+__all__ = [
+    "HISTORY_FILE",
+    "TRIAL_KEY",
+    "dab_trainable",
+    "make_trainable",
+    "read_checkpoint_history",
+    "read_history",
+    "resolve_resources",
+    "trial_dirname",
+    "trial_name",
+]
