@@ -22,6 +22,7 @@ from dab_core.config import TrialConfig
 
 Report = Callable[[dict[str, float], "str | None"], None]
 CHECKPOINT_FILE = "trial.pt"
+ARTIFACTS_DIR = "artifacts"
 CHECKPOINT_FORMAT = 1
 
 
@@ -56,6 +57,13 @@ class Task(abc.ABC):
 
     def samples_per_step(self) -> int:
         return 1
+
+    def artifacts(self, out_dir: Path) -> None:  # noqa: B027 (optional hook, no-op by default)
+        """Write the family's plots or sample images at the trial's end (default: none).
+
+        Called once, after the last step, into the ``artifacts/`` folder of the final
+        checkpoint, which trackers keep with it (the workers log it to MLflow).
+        """
 
 
 def resolve_device(name: str) -> torch.device:
@@ -125,7 +133,8 @@ def has_checkpoint(directory: str | os.PathLike[str] | None) -> bool:
 def fit(task: Task, report: Report | None = None, checkpoint_dir: str | None = None) -> dict[str, float]:
     """Train `task` to ``config.steps``, reporting every ``eval_every`` steps and at the end.
 
-    Reports carry a checkpoint directory every ``checkpoint_every`` steps and at the end; the
+    Reports carry a checkpoint directory every ``checkpoint_every`` steps and at the end (the
+    last one also holds the family's artifacts under ``artifacts/``); the
     directory is temporary and removed once `report` returns (a caller that keeps it copies it,
     as Ray Tune does). Returns the last report's metrics (a trial resumed from its final
     checkpoint trains no more and returns a fresh evaluation).
@@ -159,6 +168,8 @@ def fit(task: Task, report: Report | None = None, checkpoint_dir: str | None = N
                 tmp = tempfile.mkdtemp(prefix="dab-ckpt-")
                 try:
                     save_checkpoint(tmp, task, done)
+                    if done == cfg.steps:
+                        task.artifacts(Path(tmp) / ARTIFACTS_DIR)
                     report(metrics, tmp)
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)

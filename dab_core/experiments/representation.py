@@ -61,6 +61,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -90,6 +91,7 @@ from dab_core.experiments._images import (
     stable_seed,
 )
 from dab_core.hard import hard_functions
+from dab_core.plots import image_rows_png
 from dab_core.training import Stateful, Task
 
 Variant = Literal["dab-bernoulli", "dab-binary", "dab-signum", "bernoulli-vae", "gumbel-vae", "threshold"]
@@ -612,6 +614,14 @@ class RepresentationTask(Task):
         finally:
             self.model.train()
         return torch.stack([x, recon])
+
+    def artifacts(self, out_dir: Path) -> None:
+        """Eight test images and their reconstructions (the paper's Figure 4, right)."""
+        image_rows_png(
+            out_dir / "reconstructions.png",
+            self.sample_images(8),
+            ["input", f"{self.config.variant}\nbpp {self.config.bpp:g}"],
+        )
 
     # -- evaluation ----------------------------------------------------------------------------
 

@@ -29,7 +29,9 @@ Choices the paper leaves open, and why (also in docs/sorting.md):
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -42,6 +44,7 @@ from dab_core.bridge import DAB, DabLossName, Estimator
 from dab_core.config import HardName, LayerSizes, TrialConfig
 from dab_core.experiments import ExperimentFamily, experiments
 from dab_core.hard import hard_functions
+from dab_core.plots import bar_png
 from dab_core.training import Stateful, Task
 
 SortingModel = Literal["elu-dense", "signum-dense", "signum-rnn"]
@@ -280,17 +283,34 @@ class SortingTask(Task):
         return out
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def _test_correct(self) -> torch.Tensor:
+        """(test_size, T) booleans: each position of each test sequence right or not."""
         self.model.eval()
         correct = []
         for xs, ys in zip(self.test_x.split(10_000), self.test_y.split(10_000), strict=True):
             correct.append(self.model(xs).argmax(dim=-1) == ys)  # (b, T)
-        c = torch.cat(correct)
         self.model.train()
+        return torch.cat(correct)
+
+    def evaluate(self) -> dict[str, float]:
+        c = self._test_correct()
         return {
             "test_all_or_none": float(c.all(dim=1).float().mean()),
             "test_per_position": float(c.float().mean()),
         }
+
+    def artifacts(self, out_dir: Path) -> None:
+        """Per-position test accuracy (where in the sorted order the model errs), as PNG and JSON."""
+        per_position = self._test_correct().float().mean(dim=0).tolist()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "per_position_accuracy.json").write_text(json.dumps(per_position))
+        bar_png(
+            out_dir / "per_position_accuracy.png",
+            [str(t) for t in range(len(per_position))],
+            per_position,
+            f"{self.config.model}, T={self.config.seq_len}: test accuracy by sorted position",
+            "accuracy",
+        )
 
 
 experiments.add(

@@ -144,3 +144,16 @@ def test_checkpoint_every_must_be_a_multiple_of_eval_every() -> None:
         ValidationError, match=r"checkpoint_every \(7\) must be a multiple of eval_every \(5\)"
     ):
         run_trial({**TINY, "checkpoint_every": 7})
+
+
+def test_final_checkpoint_carries_the_sorting_artifacts(tmp_path: Path) -> None:
+    import json
+
+    rec = Recorder(tmp_path)
+    final = run_trial({**TINY, "steps": 20}, report=rec)
+    assert not (rec.checkpoints[10] / "artifacts").exists()  # only the final checkpoint
+    art = rec.checkpoints[20] / "artifacts"
+    per_position = json.loads((art / "per_position_accuracy.json").read_text())
+    assert len(per_position) == 3 and all(0 <= p <= 1 for p in per_position)
+    assert sum(per_position) / 3 == pytest.approx(final["test_per_position"], abs=1e-6)
+    assert (art / "per_position_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -86,7 +86,12 @@ def test_four_trial_sweep_makes_one_parent_and_four_finished_children(
         assert view.steps(run) == {metric: STEPS for metric in sorting_metrics}
         assert run.data.metrics["step"] == 40.0
         artifacts = {a.path for a in view.client.list_artifacts(run.info.run_id, "checkpoint")}
-        assert artifacts == {"checkpoint/trial.pt", "checkpoint/dab_history.json"}
+        assert artifacts == {"checkpoint/trial.pt", "checkpoint/dab_history.json", "checkpoint/artifacts"}
+        plots = {a.path for a in view.client.list_artifacts(run.info.run_id, "checkpoint/artifacts")}
+        assert plots == {
+            "checkpoint/artifacts/per_position_accuracy.png",
+            "checkpoint/artifacts/per_position_accuracy.json",
+        }
 
     status = _status(sweep_dir)
     assert status["state"] == "finished"
@@ -342,6 +347,7 @@ def test_cli_joins_a_cluster_by_address_and_tracks_to_an_http_server(
         assert {a.path for a in view.client.list_artifacts(run.info.run_id, "checkpoint")} == {
             "checkpoint/trial.pt",
             "checkpoint/dab_history.json",
+            "checkpoint/artifacts",
         }
     # The artifacts went through the server, into its artifact store.
     assert len(list((tmp_path / "server-artifacts").rglob("trial.pt"))) == 2

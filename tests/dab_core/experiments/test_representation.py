@@ -363,3 +363,21 @@ def test_sample_images_gives_inputs_and_reconstructions(variant: str) -> None:
     assert torch.equal(images[0], task.test.images[:5].float() / 255)
     assert float(images.min()) >= 0 and float(images.max()) <= 1
     assert not torch.equal(images[0], images[1])
+
+
+def test_final_checkpoint_carries_the_reconstructions_figure(tmp_path: Path) -> None:
+    from PIL import Image
+
+    kept: dict[int, list[str]] = {}
+
+    def report(metrics: dict[str, float], ckpt: str | None) -> None:
+        if ckpt is not None:
+            art = Path(ckpt) / "artifacts"
+            kept[int(metrics["step"])] = sorted(p.name for p in art.iterdir()) if art.is_dir() else []
+            if art.is_dir():
+                (tmp_path / "reconstructions.png").write_bytes((art / "reconstructions.png").read_bytes())
+
+    run_trial(tiny(steps=4, eval_every=2), report=report)
+    assert kept == {2: [], 4: ["reconstructions.png"]}  # only the last checkpoint has artifacts
+    with Image.open(tmp_path / "reconstructions.png") as img:
+        assert img.size[0] > img.size[1] > 100  # 2 rows of 8 images
