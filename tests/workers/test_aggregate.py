@@ -38,7 +38,9 @@ def test_empty_cell_and_formatting() -> None:
 
 
 def test_markdown_table() -> None:
-    rows = aggregate([("T=5", {"T": 5}, s, {"acc": v}) for s, v in enumerate([0.99, 0.995])], "acc", {"T=5": 99.3})
+    rows = aggregate(
+        [("T=5", {"T": 5}, s, {"acc": v}) for s, v in enumerate([0.99, 0.995])], "acc", {"T=5": 99.3}
+    )
     table = markdown_table(rows, percent=True).splitlines()
     assert table[0] == "| cell | acc (%) mean ± std | n | min | max | paper |"
     assert table[2] == "| T=5 | 99.25 ± 0.35 | 2 | 99 | 99.5 | 99.3 |"

@@ -393,7 +393,13 @@ def test_errors_name_line_and_path(
 def test_spec_errors_pickle_with_their_location() -> None:
     err = SpecError("bad", path="grid.model[2]", source="x.yaml", line=7, cell="model=x")
     back = pickle.loads(pickle.dumps(err))
-    assert (back.path, back.source, back.line, back.cell, str(back)) == (err.path, err.source, 7, "model=x", str(err))
+    assert (back.path, back.source, back.line, back.cell, str(back)) == (
+        err.path,
+        err.source,
+        7,
+        "model=x",
+        str(err),
+    )
 
 
 def test_model_level_errors_blame_the_swept_field() -> None:

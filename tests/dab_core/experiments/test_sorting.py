@@ -184,7 +184,13 @@ def test_signum_dense_t3_learns_well_above_chance() -> None:
 @pytest.mark.parametrize("model", ["signum-dense", "signum-rnn"])
 def test_training_steps_make_no_host_sync_on_cuda(model: str) -> None:
     """Batches are made on the device and nothing is read back between reports."""
-    t = task(model=model, device="cuda", train_size=4096, batch_size=512, ponder_steps=2 if model == "signum-rnn" else 0)
+    t = task(
+        model=model,
+        device="cuda",
+        train_size=4096,
+        batch_size=512,
+        ponder_steps=2 if model == "signum-rnn" else 0,
+    )
     t.train_step(0)  # first-call allocations and lazy init may sync
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
