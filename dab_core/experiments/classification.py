@@ -46,8 +46,10 @@ Choices the paper leaves open, and why (also in docs/image_families.md):
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -75,6 +77,7 @@ from dab_core.experiments._images import (
     stable_seed,
 )
 from dab_core.hard import BoundHardFunction, hard_functions
+from dab_core.plots import bar_png
 from dab_core.training import Stateful, Task
 
 ApproximatorKind = Literal["auto", "elementwise", "dense", "conv"]
@@ -396,6 +399,28 @@ class ClassificationTask(Task):
             "test_emd": float(emd_sum) / n,
             "test_displacement": float(disp_sum) / n,
         }
+
+    @torch.no_grad()
+    def artifacts(self, out_dir: Path) -> None:
+        """Test accuracy per class, as PNG and JSON."""
+        self.model.eval()
+        classes = self.train.num_classes
+        hits = torch.zeros(classes, device=self.device)
+        counts = torch.zeros(classes, device=self.device)
+        try:
+            for images, y in self.test.batches(self.config.eval_batch_size):
+                right = (self.model(self.inputs(images)).argmax(dim=1) == y).float()
+                hits.index_add_(0, y, right)
+                counts.index_add_(0, y, torch.ones_like(right))
+        finally:
+            self.model.train()
+        per_class = (hits / counts.clamp_min(1)).tolist()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "per_class_accuracy.json").write_text(json.dumps(per_class))
+        title = f"{self.config.hard} ({self.config.estimator}) at block {self.config.placement}: test accuracy by class"
+        bar_png(
+            out_dir / "per_class_accuracy.png", [str(c) for c in range(classes)], per_class, title, "accuracy"
+        )
 
 
 experiments.add(

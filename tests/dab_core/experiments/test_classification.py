@@ -294,3 +294,26 @@ def test_each_estimator_trains(hard: str, estimator: str) -> None:
     final = run_trial(tiny(hard=hard, estimator=estimator))
     assert torch.isfinite(torch.tensor(final["train_loss"]))
     assert ("dab_loss" in final) == (estimator == "dab")
+
+
+def test_final_checkpoint_carries_per_class_accuracy(tmp_path: Path) -> None:
+    import json
+
+    found: dict[int, dict[str, Any]] = {}
+
+    def report(metrics: dict[str, float], ckpt: str | None) -> None:
+        art = Path(ckpt) / "artifacts" if ckpt else None
+        if art is not None and art.is_dir():
+            found[int(metrics["step"])] = {
+                "per_class": json.loads((art / "per_class_accuracy.json").read_text()),
+                "png": (art / "per_class_accuracy.png").read_bytes()[:8],
+                "accuracy": metrics["test_accuracy"],
+            }
+
+    run_trial(tiny(), report=report)
+    assert list(found) == [4]  # the final checkpoint only
+    per_class = found[4]["per_class"]
+    assert len(per_class) == 10 and all(0 <= a <= 1 for a in per_class)
+    assert found[4]["png"] == b"\x89PNG\r\n\x1a\n"
+    # Every class is present in the test set, so the overall accuracy lies between the extremes.
+    assert min(per_class) <= found[4]["accuracy"] <= max(per_class)
