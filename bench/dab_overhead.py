@@ -22,7 +22,6 @@ import argparse
 import json
 import time
 import warnings
-from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dab_core.experiments.sorting import SortingConfig, SortingTask
+from dab_core.reference import PaperSignumFn
 
 
 def time_ours(estimator: str, seq_len: int, steps: int, warmup: int, train_size: int) -> float:
@@ -54,25 +54,6 @@ def time_ours(estimator: str, seq_len: int, steps: int, warmup: int, train_size:
 # -- the authors' demo, rebuilt from the paper's appendix 7.1 and their public loop ------------
 
 
-class _PaperHardFn(torch.autograd.Function):
-    """The paper's BaseHardFn + SignumWithMargin (appendix 7.1), as published."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, soft_y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        sig = torch.zeros_like(x)
-        sig[x < -0.5] = -1
-        sig[x > 0.5] = 1
-        ctx.save_for_backward(x, soft_y)
-        return sig
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        x, soft_y = ctx.saved_tensors
-        with torch.enable_grad():
-            (grad,) = torch.autograd.grad(soft_y, x, grad_out, retain_graph=True)
-        return grad, None
-
-
 class _PaperDAB(nn.Module):
     def __init__(self, approximator: nn.Module) -> None:
         super().__init__()
@@ -80,7 +61,7 @@ class _PaperDAB(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.soft = self.approximator(x)
-        self.hard = _PaperHardFn.apply(x, self.soft)
+        self.hard = PaperSignumFn.apply(x, self.soft)
         return self.hard  # type: ignore[no-any-return]
 
     def loss(self) -> torch.Tensor:

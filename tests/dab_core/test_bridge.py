@@ -11,6 +11,7 @@ from torch import nn
 
 from dab_core import DAB, DenseApproximator, ElementwiseApproximator, hard_functions, strip_approximators
 from dab_core.bridge import dab_distance, dab_loss_of
+from dab_core.reference import PaperSignumFn
 
 B, D = 6, 5
 
@@ -102,25 +103,6 @@ def test_task_plus_dab_loss_in_one_backward(to_input: bool) -> None:
         assert torch.allclose(p.grad, r, atol=1e-12)  # type: ignore[arg-type]
 
 
-class _PaperHardFn(torch.autograd.Function):
-    """The paper's appendix 7.1 BaseHardFn + SignumWithMargin, as published."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, soft_y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        sig = torch.zeros_like(x)
-        sig[x < -0.5] = -1
-        sig[x > 0.5] = 1
-        ctx.save_for_backward(x, soft_y)
-        return sig
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        x, soft_y = ctx.saved_tensors
-        with torch.enable_grad():
-            (grad,) = torch.autograd.grad(soft_y, x, grad_out, retain_graph=True)
-        return grad, None
-
-
 def test_default_equals_the_authors_code_with_the_loss_on_the_undetached_hard_output() -> None:
     """Their hard output carries the custom backward into the DAB loss; it cancels the direct
     path through g(x), so the input gets only the task gradient, as in our default."""
@@ -132,7 +114,7 @@ def test_default_equals_the_authors_code_with_the_loss_on_the_undetached_hard_ou
 
     x2 = x.detach().clone().requires_grad_(True)
     soft = bridge.approximator(x2)  # type: ignore[misc]
-    hard = _PaperHardFn.apply(x2, soft)
+    hard = PaperSignumFn.apply(x2, soft)
     loss2 = layer(hard).pow(2).sum() + 3.0 * F.mse_loss(soft, hard, reduction="none").sum(-1).mean()
     grads = torch.autograd.grad(loss2, [x2, *approx_params(bridge)])
     assert torch.allclose(x.grad, grads[0], atol=1e-10)  # type: ignore[arg-type]
