@@ -15,6 +15,7 @@ import yaml
 from service.app import create_app
 from service.core.config import Settings
 from service.server import ThreadedServer
+from tests.pg import fresh_pg_database
 
 HERE = Path(__file__).resolve().parent
 TINY = yaml.safe_load((HERE / "tiny.yaml").read_text())
@@ -55,31 +56,9 @@ def stack(
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database (127.0.0.1:5432, or DAB_TEST_PG_URL's server), dropped after."""
-    import os
-    import uuid
-
-    import psycopg2
-
-    admin_url = os.environ.get("DAB_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    try:
-        admin = psycopg2.connect(admin_url, connect_timeout=5)
-    except psycopg2.OperationalError as e:
-        pytest.skip(f"PostgreSQL is not reachable at {admin_url}: {e}")
-    admin.autocommit = True
-    name = f"dab_e2e_test_{uuid.uuid4().hex[:8]}"
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://", 1) + f"/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                (name,),
-            )
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.close()
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    with fresh_pg_database("dab_e2e_test") as url:
+        yield url
 
 
 @pytest.fixture(name="tiny_spec")

@@ -3,8 +3,6 @@ over real HTTP on a loopback port (without Ray: sweeps stay queued; tests/e2e ru
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +13,8 @@ import pytest
 from service.app import create_app
 from service.core.config import Settings
 from service.server import ThreadedServer
+from tests.pg import fresh_pg_database
 
-PG_ADMIN_URL = os.environ.get("DAB_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 ROOT = Path(__file__).resolve().parents[2]
 TINY = (ROOT / "tests" / "e2e" / "tiny.yaml").read_text()
 
@@ -24,27 +22,8 @@ TINY = (ROOT / "tests" / "e2e" / "tiny.yaml").read_text()
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped at the end."""
-    import psycopg2
-
-    try:
-        admin = psycopg2.connect(PG_ADMIN_URL, connect_timeout=5)
-    except psycopg2.OperationalError as e:
-        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {e}")
-    admin.autocommit = True
-    name = f"dab_service_test_{uuid.uuid4().hex[:8]}"
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    try:
-        yield f"{base}/{name}".replace("postgresql://", "postgresql+psycopg2://", 1)
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                (name,),
-            )
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.close()
+    with fresh_pg_database("dab_service_test") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
