@@ -19,8 +19,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -234,84 +232,7 @@ def to_markdown(results: Mapping[str, Any]) -> str:
     return "\n\n".join(out) + "\n"
 
 
-class TTLCache:
-    """A small cache with a per-key lock, so that 50 clients asking at once cost one query."""
-
-    def __init__(self, max_items: int = 256) -> None:
-        self.max_items = max_items
-        self._items: dict[Any, tuple[float, Any]] = {}
-        self._locks: dict[Any, threading.Lock] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: Any, ttl_s: float | None, compute: Callable[[], Any]) -> Any:
-        """The cached value of `key` if younger than `ttl_s` (None: forever), else `compute()`."""
-        now = time.monotonic()
-        hit = self._items.get(key)
-        if hit is not None and (ttl_s is None or now - hit[0] < ttl_s):
-            return hit[1]
-        with self._lock:
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
-            hit = self._items.get(key)
-            if hit is not None and (ttl_s is None or time.monotonic() - hit[0] < ttl_s):
-                return hit[1]
-            value = compute()
-            with self._lock:
-                if len(self._items) >= self.max_items:
-                    oldest = min(self._items, key=lambda k: self._items[k][0])
-                    self._items.pop(oldest, None)
-                    self._locks.pop(oldest, None)
-                self._items[key] = (time.monotonic(), value)
-            return value
-
-
-class ResponseCache:
-    """Rendered response bodies of hot read routes, for the event loop: a hit costs no thread.
-
-    A miss computes in the threadpool under a per-key asyncio lock, so a burst of clients asking
-    for the same sweep costs one computation. `compute` returns ``(body, ttl_s)``; ``ttl_s``
-    None keeps the body until `invalidate` (an ended sweep's answers never change).
-    """
-
-    def __init__(self, max_items: int = 1024) -> None:
-        self.max_items = max_items
-        self._items: dict[Any, tuple[float | None, Any]] = {}
-        self._locks: dict[Any, Any] = {}
-
-    def _fresh(self, key: Any) -> tuple[float | None, Any] | None:
-        hit = self._items.get(key)
-        if hit is not None and (hit[0] is None or time.monotonic() < hit[0]):
-            return hit
-        return None
-
-    async def get(self, key: Any, compute: Callable[[], tuple[Any, float | None]]) -> Any:
-        import asyncio
-
-        from starlette.concurrency import run_in_threadpool
-
-        hit = self._fresh(key)
-        if hit is not None:
-            return hit[1]
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            hit = self._fresh(key)
-            if hit is not None:
-                return hit[1]
-            value, ttl = await run_in_threadpool(compute)
-            if len(self._items) >= self.max_items:
-                self._items.clear()
-                self._locks = {key: lock}
-            self._items[key] = (None if ttl is None else time.monotonic() + ttl, value)
-            return value
-
-    def invalidate(self, sweep_id: str) -> None:
-        for key in [k for k in self._items if isinstance(k, tuple) and len(k) > 1 and k[1] == sweep_id]:
-            self._items.pop(key, None)
-
-
 __all__ = [
-    "ResponseCache",
-    "TTLCache",
     "TrialRun",
     "compute_results",
     "is_fraction",

@@ -12,10 +12,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.cache import ResponseCache, TTLCache
 from service.core.config import Settings
 from service.core.errors import ForbiddenError, NotAuthenticatedError
 from service.manager import SweepManager
-from service.results import ResponseCache, TTLCache
 
 
 @dataclass
