@@ -41,10 +41,15 @@ JOB_STOP_WAIT_S = 20
 TERMINAL_JOB_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free loopback ports. The sockets stay bound until all are picked: picking
+    them one at a time lets the kernel hand the same port out twice (seen here: Ray refused
+    to start because its dashboard and object manager had been given one port)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 def _alive(pid: int) -> bool:
@@ -145,10 +150,11 @@ class EmbeddedRayHead:
             log.warning("embedded Ray head pid %d does not answer; replacing it", previous.pid)
             _kill_group(previous.pid, timeout_s=10)
         self.head_file.unlink(missing_ok=True)
+        ports = free_ports(9)
         info = HeadInfo(
             pid=0,
-            gcs_port=self.gcs_port or _free_port(),
-            dashboard_port=self.dashboard_port or _free_port(),
+            gcs_port=self.gcs_port or ports[0],
+            dashboard_port=self.dashboard_port or ports[1],
             temp_dir=self._temp_dir(),
         )
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
@@ -172,13 +178,13 @@ class EmbeddedRayHead:
             f"--dashboard-port={info.dashboard_port}",
             "--include-dashboard=true",
             # every port free and our own: another Ray on the machine holds Ray's defaults
-            f"--node-manager-port={_free_port()}",
-            f"--object-manager-port={_free_port()}",
-            f"--ray-client-server-port={_free_port()}",
-            f"--dashboard-agent-listen-port={_free_port()}",
-            f"--dashboard-agent-grpc-port={_free_port()}",
-            f"--metrics-export-port={_free_port()}",
-            f"--runtime-env-agent-port={_free_port()}",
+            f"--node-manager-port={ports[2]}",
+            f"--object-manager-port={ports[3]}",
+            f"--ray-client-server-port={ports[4]}",
+            f"--dashboard-agent-listen-port={ports[5]}",
+            f"--dashboard-agent-grpc-port={ports[6]}",
+            f"--metrics-export-port={ports[7]}",
+            f"--runtime-env-agent-port={ports[8]}",
             f"--num-cpus={self.num_cpus}",
             "--num-gpus=0",
             f"--temp-dir={info.temp_dir}",
