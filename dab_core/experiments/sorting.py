@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -73,6 +74,9 @@ class SortingConfig(TrialConfig):
     dab_loss_to_input: bool = False
     batch_size: int = Field(1024, ge=1)
     lr: float = Field(1e-4, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="constant (the paper's), or cosine from lr down to 0 over the trial's steps"
+    )
     grad_clip: float | None = Field(None, gt=0, description="grad-norm clip (default: 5 for signum-rnn)")
     train_size: int = Field(2_000_000, ge=0, description="fixed training sequences; 0 = fresh each step")
     test_size: int = Field(10_000, ge=1)
@@ -268,8 +272,18 @@ class SortingTask(Task):
         dab = self.model.dab_loss
         return (ce + dab if dab is not None else ce), ce, dab
 
+    def lr_at(self, step: int) -> float:
+        """The learning rate of `step` (0-based): a function of the step, so resuming is exact."""
+        cfg = self.config
+        if cfg.lr_schedule == "cosine":
+            return 0.5 * cfg.lr * (1 + math.cos(math.pi * step / cfg.steps))
+        return cfg.lr
+
     def train_step(self, step: int) -> dict[str, torch.Tensor]:
         self.model.train()
+        if self.config.lr_schedule != "constant":
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr_at(step)
         x, y = self.batch(step)
         loss, ce, dab = self.loss(x, y)
         self.optimizer.zero_grad(set_to_none=True)

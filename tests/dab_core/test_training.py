@@ -95,8 +95,9 @@ def test_report_and_checkpoint_schedule(tmp_path: Path) -> None:
         {"train_size": 0},
         {"model": "signum-rnn", "ponder_steps": 2, "rnn_hidden": 12},
         {"hard": "bernoulli"},  # draws from the global RNG: the checkpoint must restore it
+        {"lr_schedule": "cosine", "lr": 1e-2},
     ],
-    ids=["fixed-set", "fresh-data", "rnn-ponder", "bernoulli-rng"],
+    ids=["fixed-set", "fresh-data", "rnn-ponder", "bernoulli-rng", "cosine-lr"],
 )
 def test_resume_from_checkpoint_matches_the_uninterrupted_run(
     tmp_path: Path, overrides: dict[str, Any]

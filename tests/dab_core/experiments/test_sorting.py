@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -134,6 +135,20 @@ def test_rnn_ponder_loop_calls_the_bridge_once_per_step_and_sums_losses() -> Non
     assert out.shape == (5, 4, 4)
     assert len(losses) == 4  # the readout, then one per ponder step
     assert torch.allclose(model.dab_loss, torch.stack(losses).sum())  # type: ignore[arg-type]
+
+
+def test_cosine_schedule_anneals_the_optimiser_lr_to_zero() -> None:
+    t = task(lr=1e-3, lr_schedule="cosine", steps=10)
+    assert [round(t.lr_at(s), 8) for s in (0, 5, 10)] == [1e-3, 5e-4, 0.0]
+    seen = []
+    for step in range(10):
+        t.train_step(step)
+        seen.append(t.optimizer.param_groups[0]["lr"])
+    assert seen == pytest.approx([t.lr_at(s) for s in range(10)])
+    assert seen[0] == 1e-3 and seen[-1] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.9)))
+    constant = task(lr=1e-3)
+    constant.train_step(0)
+    assert constant.optimizer.param_groups[0]["lr"] == 1e-3 == constant.lr_at(9)
 
 
 def test_all_or_none_metric() -> None:
