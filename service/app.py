@@ -19,6 +19,7 @@ from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.deps import AppState, require_token
+from service.api.fastpath import CachedReads
 from service.api.routes import health, sweeps
 from service.core.config import Settings
 from service.core.errors import PayloadTooLargeError, error_response, install_error_handlers
@@ -128,7 +129,7 @@ class TelemetryMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
+            path = getattr(route, "path", None) or scope.get("dab.route") or "unmatched"
             self.telemetry.requests.labels(scope["method"], path, str(status)).inc()
             self.telemetry.latency.labels(scope["method"], path).observe(time.perf_counter() - start)
 
@@ -203,8 +204,9 @@ def create_app(settings: Settings | None = None, *, start_ray: bool = True) -> F
     )
     install_error_handlers(app)
     app.include_router(health.router)
-    app.include_router(sweeps.router, prefix="/v1", dependencies=[Depends(require_token)])
+    app.include_router(sweeps.router, dependencies=[Depends(require_token)])
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(CachedReads)  # inside the telemetry: its answers are counted too
     app.add_middleware(TelemetryMiddleware, telemetry=telemetry)
 
     def openapi() -> dict[str, Any]:

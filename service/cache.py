@@ -62,7 +62,8 @@ class ResponseCache:
     """Rendered bodies of hot read routes, keyed ``(route, sweep_id, ...)``; event loop only.
 
     ``compute`` runs in the threadpool and returns ``(body, ttl_s)``; ``ttl_s`` None keeps the
-    body until `invalidate` (an ended sweep's answers never change).
+    body until `invalidate` (an ended sweep's answers never change). An entry keeps its
+    ``compute``, so that `peek` (the fast path in front of the router) can refresh it too.
 
     * fresh hit: returned at once (no thread, no lock);
     * stale hit (older than its TTL): returned at once as well, and one refresh starts in the
@@ -76,22 +77,29 @@ class ResponseCache:
 
     def __init__(self, max_items: int = 1024) -> None:
         self.max_items = max_items
-        self._items: dict[Hashable, tuple[float | None, Any]] = {}
+        self._items: dict[Hashable, tuple[float | None, Any, Compute]] = {}
         self._locks: dict[Hashable, asyncio.Lock] = {}
         self._generation: dict[Any, int] = {}
         self._refreshing: set[Hashable] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.computations = 0  # foreground and background, for tests and /metrics-style checks
+        self.computations = 0  # foreground and background, for tests
+
+    def peek(self, key: Hashable) -> Any | None:
+        """The body held for `key`, fresh or stale (starting its refresh), or None."""
+        hit = self._items.get(key)
+        if hit is None:
+            return None
+        expires, value, compute = hit
+        if expires is not None and time.monotonic() >= expires and key not in self._refreshing:
+            self._refreshing.add(key)
+            task = asyncio.get_running_loop().create_task(self._refresh(key, compute, self._gen(key)))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return value
 
     async def get(self, key: Hashable, compute: Compute) -> Any:
-        hit = self._items.get(key)
-        if hit is not None:
-            expires, value = hit
-            if expires is not None and time.monotonic() >= expires and key not in self._refreshing:
-                self._refreshing.add(key)
-                task = asyncio.get_running_loop().create_task(self._refresh(key, compute, self._gen(key)))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+        value = self.peek(key)
+        if value is not None:
             return value
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
@@ -100,7 +108,7 @@ class ResponseCache:
                 return hit[1]
             generation = self._gen(key)
             value, ttl = await self._compute(compute)
-            self._store(key, value, ttl, generation)
+            self._store(key, value, ttl, compute, generation)
             return value
 
     def invalidate(self, sweep_id: str) -> None:
@@ -127,20 +135,20 @@ class ResponseCache:
             if self._gen(key) == generation:
                 self._items.pop(key, None)
         else:
-            self._store(key, value, ttl, generation)
+            self._store(key, value, ttl, compute, generation)
         finally:
             self._refreshing.discard(key)
 
     def _gen(self, key: Hashable) -> int:
         return self._generation.get(_sweep_of(key), 0)
 
-    def _store(self, key: Hashable, value: Any, ttl: float | None, generation: int) -> None:
+    def _store(self, key: Hashable, value: Any, ttl: float | None, compute: Compute, generation: int) -> None:
         if self._gen(key) != generation:
             return  # invalidated while computing: this body may predate the change
         if key not in self._items and len(self._items) >= self.max_items:
             self._items.clear()
             self._locks = {key: self._locks[key]} if key in self._locks else {}
-        self._items[key] = (None if ttl is None else time.monotonic() + ttl, value)
+        self._items[key] = (None if ttl is None else time.monotonic() + ttl, value, compute)
 
 
 __all__ = ["ResponseCache", "TTLCache"]

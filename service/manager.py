@@ -102,6 +102,7 @@ class SweepManager:
                 self.head = EmbeddedRayHead(
                     self.settings.state_path,
                     num_cpus=self.settings.ray_num_cpus,
+                    nice=self.settings.ray_nice,
                     gcs_port=self.settings.ray_head_port,
                     dashboard_port=self.settings.ray_dashboard_port,
                     start_timeout_s=self.settings.ray_start_timeout_s,

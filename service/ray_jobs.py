@@ -82,12 +82,14 @@ class EmbeddedRayHead:
         state_dir: Path,
         *,
         num_cpus: int | None = None,
+        nice: int = 0,
         gcs_port: int = 0,
         dashboard_port: int = 0,
         start_timeout_s: float = 90.0,
     ) -> None:
         self.dir = state_dir / "ray"
         self.num_cpus = num_cpus or os.cpu_count() or 1
+        self.nice = nice
         self.gcs_port = gcs_port
         self.dashboard_port = dashboard_port
         self.start_timeout_s = start_timeout_s
@@ -167,7 +169,10 @@ class EmbeddedRayHead:
             OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),
         )
         ray_bin = Path(sys.executable).with_name("ray")
+        # Trials are batch work and the service is interactive: with the head niced, its
+        # workers (which inherit it) yield the CPU to the API whenever both want it.
         cmd = [
+            *(["nice", "-n", str(self.nice)] if self.nice else []),
             str(ray_bin) if ray_bin.exists() else "ray",
             "start",
             "--head",

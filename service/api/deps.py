@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -12,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.api.fastpath import token_ok
 from service.cache import ResponseCache, TTLCache
 from service.core.config import Settings
 from service.core.errors import ForbiddenError, NotAuthenticatedError
@@ -66,5 +66,5 @@ async def require_token(
         raise NotAuthenticatedError(
             "a bearer token is required (Authorization: Bearer <DAB_API_TOKEN>)", field="Authorization"
         )
-    if not hmac.compare_digest(credentials.credentials.encode(), expected.get_secret_value().encode()):
+    if not token_ok(expected.get_secret_value(), f"Bearer {credentials.credentials}".encode("latin-1")):
         raise ForbiddenError("the bearer token is not valid", field="Authorization")

@@ -67,6 +67,13 @@ class Settings(BaseSettings):
     ray_num_cpus: int | None = Field(
         default=None, ge=1, description="CPUs of the embedded head (default: all)"
     )
+    ray_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="niceness of the embedded head and the trials it runs, so that on a machine they "
+        "share the API answers first (0: same priority)",
+    )
     ray_head_port: int = Field(
         default=0, ge=0, le=65535, description="GCS port of the embedded head (0: free)"
     )

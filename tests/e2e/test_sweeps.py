@@ -3,8 +3,11 @@ cancel mid-sweep leaves no RUNNING run; the report is logged on the parent run."
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import statistics
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -104,3 +107,16 @@ def test_cancel_mid_sweep_leaves_no_running_run(stack: Any, tiny_spec: Any, wait
     trial_runs = [r for r in runs if r.data.tags.get("dab.role") == "trial"]
     assert trial_runs and {r.info.status for r in trial_runs} == {"KILLED"}
     assert http.post(f"/v1/sweeps/{sid}/cancel").status_code == 409
+
+
+def test_the_embedded_head_and_its_processes_run_niced(stack: Any) -> None:
+    _, settings, _ = stack
+    head = json.loads((settings.state_path / "ray" / "head.json").read_text())["pid"]
+    group = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.getpgid(int(entry.name)) == head:
+                    group.append(int(entry.name))
+    assert head in group and len(group) >= 3  # ray start, GCS, raylet, dashboard, ...
+    assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in group} == {settings.ray_nice} == {10}

@@ -13,6 +13,7 @@ from fastapi.responses import PlainTextResponse
 
 from service import crud
 from service.api.deps import SessionDep, StateDep
+from service.api.fastpath import read_key
 from service.api.schemas import (
     FigureLink,
     Links,
@@ -34,7 +35,7 @@ from service.specs import check_spec
 from workers.spec import SweepSpec
 from workers.spec import preview as preview_spec
 
-router = APIRouter(prefix="/sweeps", tags=["sweeps"])
+router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])  # the full path: /metrics labels by it
 
 
 _SPEC_BODY: dict[str, Any] = {
@@ -167,14 +168,14 @@ async def get_sweep(sweep_id: str, request: Request, state: StateDep) -> Respons
     """State, trials by state, progress, ETA, and links (MLflow experiment included)."""
     base = str(request.base_url)
 
-    def compute() -> tuple[bytes, float | None]:
+    def compute() -> tuple[tuple[bytes, str], float | None]:
         with state.sessions() as session:
             sweep = crud.get_sweep(session, sweep_id)
         detail = _detail(state, sweep, base)
-        return _json(detail), (None if sweep.state in TERMINAL_STATES else ACTIVE_TTL_S)
+        return (_json(detail), "application/json"), (None if sweep.state in TERMINAL_STATES else ACTIVE_TTL_S)
 
-    body = await state.responses.get(("sweep", sweep_id, base), compute)
-    return Response(body, media_type="application/json")
+    body, media = await state.responses.get(read_key(request.scope, "sweep", sweep_id), compute)
+    return Response(body, media_type=media)
 
 
 def _detail(state: Any, sweep: Sweep, base: str) -> SweepDetail:
@@ -320,6 +321,7 @@ def _results(
 )
 async def get_results(
     sweep_id: str,
+    request: Request,
     state: StateDep,
     metric: Annotated[
         list[str] | None,
@@ -347,8 +349,7 @@ async def get_results(
             return (to_markdown(res).encode(), "text/markdown; charset=utf-8"), ttl
         return (_json({"sweep_id": sweep.id, "state": sweep.state, **res}), "application/json"), ttl
 
-    key = ("results", sweep_id, tuple(metric or ()), agg, reference, format)
-    body, media = await state.responses.get(key, compute)
+    body, media = await state.responses.get(read_key(request.scope, "results", sweep_id), compute)
     return Response(body, media_type=media)
 
 
