@@ -130,6 +130,35 @@ def has_checkpoint(directory: str | os.PathLike[str] | None) -> bool:
     return directory is not None and (Path(directory) / CHECKPOINT_FILE).is_file()
 
 
+CHECKPOINT_TMP_PREFIX = "dab-ckpt-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_orphan_checkpoint_dirs(root: str | None = None) -> list[Path]:
+    """Remove the temporary checkpoint directories of processes that are gone.
+
+    `fit` writes each reported checkpoint to ``dab-ckpt-<pid>-*`` in the temp dir and removes it
+    once `report` returns; a process killed inside `report` (SIGKILL while Ray copies the
+    checkpoint) cannot, so the next `fit` on the machine clears what dead processes left.
+    """
+    removed = []
+    for d in Path(root or tempfile.gettempdir()).glob(f"{CHECKPOINT_TMP_PREFIX}*-*"):
+        pid = d.name[len(CHECKPOINT_TMP_PREFIX) :].split("-", 1)[0]
+        if d.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
 def fit(task: Task, report: Report | None = None, checkpoint_dir: str | None = None) -> dict[str, float]:
     """Train `task` to ``config.steps``, reporting every ``eval_every`` steps and at the end.
 
@@ -140,6 +169,8 @@ def fit(task: Task, report: Report | None = None, checkpoint_dir: str | None = N
     checkpoint trains no more and returns a fresh evaluation).
     """
     cfg = task.config
+    if report is not None:
+        remove_orphan_checkpoint_dirs()
     start = load_checkpoint(checkpoint_dir, task) if checkpoint_dir and has_checkpoint(checkpoint_dir) else 0
     if start >= cfg.steps:  # resumed from the final checkpoint: nothing left to train
         return {"step": float(start), **task.evaluate()}
@@ -165,7 +196,7 @@ def fit(task: Task, report: Report | None = None, checkpoint_dir: str | None = N
         sums, count = {}, 0
         if report is not None:
             if done % cfg.checkpoint_interval == 0 or done == cfg.steps:
-                tmp = tempfile.mkdtemp(prefix="dab-ckpt-")
+                tmp = tempfile.mkdtemp(prefix=f"{CHECKPOINT_TMP_PREFIX}{os.getpid()}-")
                 try:
                     save_checkpoint(tmp, task, done)
                     if done == cfg.steps:

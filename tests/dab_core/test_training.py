@@ -158,3 +158,27 @@ def test_final_checkpoint_carries_the_sorting_artifacts(tmp_path: Path) -> None:
     assert len(per_position) == 3 and all(0 <= p <= 1 for p in per_position)
     assert sum(per_position) / 3 == pytest.approx(final["test_per_position"], abs=1e-6)
     assert (art / "per_position_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_checkpoint_dirs_of_dead_processes_are_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(dead.stdout)
+    orphan = tmp_path / f"dab-ckpt-{dead_pid}-abc"
+    mine = tmp_path / f"dab-ckpt-{os.getpid()}-def"
+    other = tmp_path / "dab-ckpt-notapid"
+    for d in (orphan, mine, other):
+        (d / "sub").mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    rec = Recorder(tmp_path / "rec")
+    run_trial({**TINY, "steps": 10}, report=rec)  # fit clears orphans before it starts
+    assert not orphan.exists() and mine.exists() and other.exists()
+    assert all(Path(p).name.startswith(f"dab-ckpt-{os.getpid()}-") for p in rec.handed)
