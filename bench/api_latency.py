@@ -16,6 +16,11 @@ so this is the service at saturation). Without wrk, or with ``--client python``,
 httpx client does the same; it costs far more CPU per request than the server does, and on a
 2-core machine it takes the server's cycles, so its numbers measure the client as much as the
 service (docs/service.md has both).
+
+``--pin`` (Linux) gives the service a core of its own: the server process on CPU 0, and its
+Ray head with everything the head starts (trials, the driver), this script and wrk on the
+other CPUs. That is the deployment the targets assume (the API in a container with its own CPU);
+without it the server shares two cores with training, Ray's daemons and the load generator.
 """
 
 from __future__ import annotations
@@ -118,6 +123,27 @@ def measure_wrk(url: str, path: str, clients: int, seconds: float, token: str | 
     }
 
 
+def _threads_of_group(pgid: int) -> list[int]:
+    """Every thread of every process in process group `pgid`."""
+    tids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.getpgid(int(entry.name)) == pgid:
+                    tids += [int(t.name) for t in (entry / "task").iterdir()]
+    return tids
+
+
+def pin_ray_head(state_dir: Path, cpus: set[int]) -> int:
+    """Move the embedded head's processes (all threads) to `cpus`; what they start inherits it."""
+    head = json.loads((state_dir / "ray" / "head.json").read_text())["pid"]
+    tids = _threads_of_group(head)
+    for tid in tids:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(tid, cpus)
+    return len(tids)
+
+
 def measure_python(url: str, path: str, clients: int, seconds: float) -> dict[str, float]:
     lat, errors = asyncio.run(measure(url, path, clients, seconds))
     return {"requests": len(lat), "p50": pct(lat, 50), "p99": pct(lat, 99), "errors": len(errors)}
@@ -134,7 +160,13 @@ def main() -> int:
     p.add_argument("--trials-at-once", type=int, default=1, help="the sweep's max_concurrent")
     p.add_argument("--api-url", default=None, help="measure a running service instead of starting one")
     p.add_argument("--client", choices=("auto", "wrk", "python"), default="auto", help="auto: wrk if found")
+    p.add_argument("--pin", action="store_true", help="the server on CPU 0, everything else on the rest")
     a = p.parse_args()
+    if a.pin and (a.api_url or not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2):
+        print("--pin needs Linux, two CPUs or more, and the service started here", file=sys.stderr)
+        return 2
+    server_cpu = {min(os.sched_getaffinity(0))} if a.pin else set()
+    others = os.sched_getaffinity(0) - server_cpu if a.pin else set()
     client = a.client if a.client != "auto" else ("wrk" if shutil.which("wrk") else "python")
     if client == "wrk" and not shutil.which("wrk"):
         print("wrk is not on the PATH (apt install wrk), or use --client python", file=sys.stderr)
@@ -160,7 +192,10 @@ def main() -> int:
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=open(Path(tmp.name) / "serve.log", "wb"),
+                preexec_fn=(lambda: os.sched_setaffinity(0, server_cpu)) if a.pin else None,
             )
+            if a.pin:
+                os.sched_setaffinity(0, others)  # this script, and wrk, which inherits it
             url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 180
             while True:
@@ -171,6 +206,11 @@ def main() -> int:
                     print("the service did not start", file=sys.stderr)
                     return 1
                 time.sleep(0.5)
+            if a.pin:
+                n = pin_ray_head(Path(tmp.name), others)
+                print(
+                    f"pinned: the server on CPU {sorted(server_cpu)}; Ray ({n} threads), trials and load on {sorted(others)}"
+                )
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         http = httpx.Client(base_url=url, timeout=60, headers=headers)
         sid = http.post(
