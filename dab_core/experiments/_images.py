@@ -300,7 +300,8 @@ def random_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> tor
         0, 3, 1, 2
     )  # (B, C, H, W)
     flip = torch.rand(b, generator=gen, device=x.device) < 0.5
-    return torch.where(flip.view(b, 1, 1, 1), out.flip(-1), out)
+    # contiguous: a channels-last view here made the CPU convolution backward abort (torch 2.14.1)
+    return torch.where(flip.view(b, 1, 1, 1), out.flip(-1), out).contiguous()
 
 
 # -- networks ------------------------------------------------------------------------------------
