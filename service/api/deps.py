@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.api.fastpath import token_ok
+from service.api.fastpath import token_matches
 from service.cache import ResponseCache, TTLCache
 from service.core.config import Settings
 from service.core.errors import ForbiddenError, NotAuthenticatedError
@@ -66,5 +66,5 @@ async def require_token(
         raise NotAuthenticatedError(
             "a bearer token is required (Authorization: Bearer <DAB_API_TOKEN>)", field="Authorization"
         )
-    if not token_ok(expected.get_secret_value(), f"Bearer {credentials.credentials}".encode("latin-1")):
+    if not token_matches(expected.get_secret_value(), credentials.credentials):
         raise ForbiddenError("the bearer token is not valid", field="Authorization")

@@ -45,15 +45,18 @@ def read_key(scope: Scope, route: str, sweep_id: str) -> tuple[Any, ...]:
     )
 
 
+def token_matches(expected: str, credentials: str) -> bool:
+    """The bearer token compared in constant time (deps.require_token uses it too)."""
+    return hmac.compare_digest(credentials.encode(), expected.encode())
+
+
 def token_ok(expected: str | None, authorization: bytes | None) -> bool:
-    """The app's bearer rule (deps.require_token): open when no token is set, else the same
-    token, compared in constant time."""
+    """The app's rule for a raw Authorization header: open when no token is set, else
+    ``Bearer <the token>`` (scheme case-insensitive, as HTTPBearer reads it)."""
     if expected is None:
         return True
-    if authorization is None:
-        return False
-    scheme, _, credentials = authorization.decode("latin-1").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(credentials.encode(), expected.encode())
+    scheme, _, credentials = (authorization or b"").decode("latin-1").partition(" ")
+    return scheme.lower() == "bearer" and token_matches(expected, credentials)
 
 
 class CachedReads:
@@ -89,4 +92,4 @@ class CachedReads:
         await self.app(scope, receive, send)
 
 
-__all__ = ["CachedReads", "read_key", "token_ok"]
+__all__ = ["CachedReads", "read_key", "token_matches", "token_ok"]
