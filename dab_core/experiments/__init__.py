@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dab_core.config import TrialConfig
+from dab_core.metrics import MetricSet
 from dab_core.registry import Registry
 
 if TYPE_CHECKING:
@@ -19,12 +20,15 @@ class ExperimentFamily:
     """One kind of experiment.
 
     Call contract: ``task_cls(config, device)`` with ``config`` an instance of ``config_cls``
-    returns a `dab_core.training.Task`.
+    returns a `dab_core.training.Task`. ``metrics`` declares what its trials report (direction,
+    unit, how tables read a trial) and the metric a sweep optimises by default
+    (`dab_core.metrics`).
     """
 
     name: str
     config_cls: type[TrialConfig]
     task_cls: type[Task]
+    metrics: MetricSet
     description: str = ""
 
     def parse(self, config: Mapping[str, Any]) -> TrialConfig:
@@ -35,6 +39,11 @@ class ExperimentFamily:
 experiments: Registry[ExperimentFamily] = Registry(
     "experiment family", entry_point_group="dab_core.experiments"
 )
+
+
+def metrics_of(name: str) -> MetricSet:
+    """The metric declarations of the family registered as `name` (UnknownNameError if none)."""
+    return experiments.lookup(name).metrics
 
 
 def family_of(config: Mapping[str, Any]) -> ExperimentFamily:
@@ -54,4 +63,4 @@ from dab_core.experiments import classification as _classification  # noqa: E402
 from dab_core.experiments import representation as _representation  # noqa: E402,F401
 from dab_core.experiments import sorting as _sorting  # noqa: E402,F401
 
-__all__ = ["ExperimentFamily", "experiments", "family_of", "parse_config"]
+__all__ = ["ExperimentFamily", "experiments", "family_of", "metrics_of", "parse_config"]

@@ -73,6 +73,7 @@ from dab_core.approximators import DenseApproximator, ElementwiseApproximator
 from dab_core.bridge import DAB, DabLossName
 from dab_core.config import LayerSizes, TrialConfig
 from dab_core.experiments import ExperimentFamily, experiments
+from dab_core.metrics import Metric, MetricSet
 from dab_core.experiments._images import (
     NATIVE_SHAPE,
     ImageSplit,
@@ -719,6 +720,26 @@ experiments.add(
         name="representation",
         config_cls=RepresentationConfig,
         task_cls=RepresentationTask,
+        metrics=MetricSet(
+            (
+                # agg "final": Figures 4 and 5 plot the trained model's test quality at each bpp.
+                Metric("test_ms_ssim", "max", display="test MS-SSIM"),
+                Metric("test_linear_accuracy", "max", "fraction", "linear-probe accuracy"),
+                Metric("test_recon_loss", "min", display="test reconstruction BCE"),
+                Metric("test_mse", "min", display="test MSE"),
+                Metric(
+                    "threshold_tau",
+                    "max",
+                    display="threshold tau",
+                    description="the fitted threshold (threshold variant)",
+                ),
+                Metric("train_loss", "min"),
+                Metric("train_recon", "min"),
+                Metric("train_kl", "min"),
+                Metric("dab_loss", "min", description="the bridge's approximation loss"),
+            ),
+            default="test_ms_ssim",
+        ),
         description="autoencoders with a hard latent vs VAEs and thresholding (paper 5.2): Figures 4, 5",
     ),
 )
