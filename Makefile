@@ -30,6 +30,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check dab_core workers service tests bench
+	$(BIN)/ruff format --check dab_core workers service tests bench
 	$(BIN)/mypy
 
 bench: $(STAMP)

@@ -2,6 +2,7 @@
 with 50 concurrent clients, while a sweep runs on the embedded Ray.
 
     python bench/api_latency.py [--clients 50] [--seconds 20] [--client auto|wrk|python] [--api-url URL]
+                                [--pin] [--baseline GIT_REF] [--rounds N]
 
 Without ``--api-url`` it starts ``dab serve`` (embedded Ray, MLflow on SQLite) under a temporary
 state dir as a separate process (a client in the server's process would share its GIL), submits
@@ -153,6 +154,79 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
+def _start_server(
+    tree: Path | None, state_dir: str, server_cpu: set[int]
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAB_")}
+    env.update(DAB_STATE_DIR=state_dir, DAB_POLL_INTERVAL_S="1")
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("dab")), "serve", "--port", str(port), "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(Path(state_dir) / "serve.log", "wb"),
+        preexec_fn=(lambda: os.sched_setaffinity(0, server_cpu)) if server_cpu else None,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/healthz", timeout=3).json()["status"] == "ok":
+                return proc, url
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"the service did not start (log: {state_dir}/serve.log)")
+        time.sleep(0.5)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def measure_service(
+    url: str, token: str | None, clients: int, seconds: float, client: str, max_concurrent: int
+) -> dict[str, dict[str, float]]:
+    """Submit the training sweep, wait for a report, load both routes; cancel the sweep."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    http = httpx.Client(base_url=url, timeout=60, headers=headers)
+    spec = {**SPEC, "limits": {"max_concurrent": max_concurrent}}
+    sid = http.post(
+        "/v1/sweeps", content=json.dumps(spec), headers={"Content-Type": "application/json"}
+    ).json()["id"]
+    deadline = time.monotonic() + 240
+    while True:  # measure while trials train and report
+        trials = http.get(f"/v1/sweeps/{sid}/trials").json()["data"]
+        if any((t["last_step"] or 0) > 0 for t in trials):
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError("the sweep did not start training")
+        time.sleep(1)
+    out = {}
+    for name, path in (("sweep", f"/v1/sweeps/{sid}"), ("results", f"/v1/sweeps/{sid}/results")):
+        http.get(path)  # warm: the first call fills what caches there are
+        if client == "wrk":
+            out[name] = measure_wrk(url, path, clients, seconds, token)
+        else:
+            out[name] = measure_python(url, path, clients, seconds)
+    http.post(f"/v1/sweeps/{sid}/cancel")
+    return out
+
+
+def _row(label: str, route: str, m: dict[str, float], seconds: float) -> str:
+    path = "GET /v1/sweeps/{id}" + ("/results" if route == "results" else "")
+    return (
+        f"{label:<14} {path:<30} {m['requests'] / seconds:>7.0f} {m['p50'] * 1e3:>8.1f} "
+        f"{m['p99'] * 1e3:>8.1f} {TARGETS[route] * 1e3:>7.0f} {m['p99'] / TARGETS[route]:>10.2f}"
+        + (f"  errors: {m['errors']}" if m["errors"] else "")
+    )
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, default=50)
@@ -161,9 +235,14 @@ def main() -> int:
     p.add_argument("--api-url", default=None, help="measure a running service instead of starting one")
     p.add_argument("--client", choices=("auto", "wrk", "python"), default="auto", help="auto: wrk if found")
     p.add_argument("--pin", action="store_true", help="the server on CPU 0, everything else on the rest")
+    p.add_argument("--baseline", default=None, help="a git ref to measure too, in the same run")
+    p.add_argument("--rounds", type=int, default=1, help="with --baseline: alternations of the two")
     a = p.parse_args()
     if a.pin and (a.api_url or not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2):
         print("--pin needs Linux, two CPUs or more, and the service started here", file=sys.stderr)
+        return 2
+    if a.baseline and a.api_url:
+        print("--baseline starts both services itself: drop --api-url", file=sys.stderr)
         return 2
     server_cpu = {min(os.sched_getaffinity(0))} if a.pin else set()
     others = os.sched_getaffinity(0) - server_cpu if a.pin else set()
@@ -171,86 +250,56 @@ def main() -> int:
     if client == "wrk" and not shutil.which("wrk"):
         print("wrk is not on the PATH (apt install wrk), or use --client python", file=sys.stderr)
         return 2
+    if a.pin:
+        os.sched_setaffinity(0, others)  # this script, and wrk, which inherits it
     token = os.environ.get("DAB_API_TOKEN") if a.api_url else None
-    proc = None
-    tmp = tempfile.TemporaryDirectory(prefix="dab-bench-")
-    url = a.api_url
-    try:
-        if url is None:
-            port = _free_port()
-            env = {k: v for k, v in os.environ.items() if not k.startswith("DAB_")}
-            env.update(DAB_STATE_DIR=tmp.name, DAB_POLL_INTERVAL_S="1")
-            proc = subprocess.Popen(
-                [
-                    str(Path(sys.executable).with_name("dab")),
-                    "serve",
-                    "--port",
-                    str(port),
-                    "--log-level",
-                    "warning",
-                ],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=open(Path(tmp.name) / "serve.log", "wb"),
-                preexec_fn=(lambda: os.sched_setaffinity(0, server_cpu)) if a.pin else None,
-            )
-            if a.pin:
-                os.sched_setaffinity(0, others)  # this script, and wrk, which inherits it
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 180
-            while True:
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{url}/healthz", timeout=3).json()["status"] == "ok":
-                        break
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    print("the service did not start", file=sys.stderr)
-                    return 1
-                time.sleep(0.5)
-            if a.pin:
-                n = pin_ray_head(Path(tmp.name), others)
-                print(
-                    f"pinned: the server on CPU {sorted(server_cpu)}; Ray ({n} threads), trials and load on {sorted(others)}"
-                )
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        http = httpx.Client(base_url=url, timeout=60, headers=headers)
-        sid = http.post(
-            "/v1/sweeps", content=json.dumps(SPEC), headers={"Content-Type": "application/json"}
-        ).json()["id"]
-        deadline = time.monotonic() + 240
-        while True:  # measure while trials train and report
-            trials = http.get(f"/v1/sweeps/{sid}/trials").json()["data"]
-            if any((t["last_step"] or 0) > 0 for t in trials):
-                break
-            if time.monotonic() > deadline:
-                print("the sweep did not start training", file=sys.stderr)
-                return 1
-            time.sleep(1)
-        print(f"sweep {sid} running; {a.clients} concurrent clients ({client}), {a.seconds:.0f} s per route")
-        print(
-            f"{'route':<38} {'requests':>8} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'target':>8} {'p99/target':>10}"
+    worktree = None
+    if a.baseline:
+        worktree = Path(tempfile.mkdtemp(prefix="dab-bench-baseline-"))
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), a.baseline],
+            check=True,
+            capture_output=True,
         )
-        for name, path in (("sweep", f"/v1/sweeps/{sid}"), ("results", f"/v1/sweeps/{sid}/results")):
-            http.get(path)  # warm: the first call fills the caches
-            if client == "wrk":
-                m = measure_wrk(url, path, a.clients, a.seconds, token)
+    runs: list[tuple[str, Path | None]] = [("current", None)]
+    if worktree is not None:
+        runs = [r for _ in range(a.rounds) for r in ((f"{a.baseline}", worktree), ("current", None))]
+    print(
+        f"{a.clients} concurrent clients ({client}), {a.seconds:.0f} s per route, a sorting sweep training"
+        + (f"; server pinned to CPU {sorted(server_cpu)}, Ray and load on {sorted(others)}" if a.pin else "")
+    )
+    print(
+        f"{'server':<14} {'route':<30} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'target':>7} {'p99/target':>10}"
+    )
+    p99: dict[tuple[str, str], list[float]] = {}
+    try:
+        for label, tree in runs:
+            if a.api_url:
+                results = measure_service(a.api_url, token, a.clients, a.seconds, client, a.trials_at_once)
             else:
-                m = measure_python(url, path, a.clients, a.seconds)
-            label = "GET /v1/sweeps/{id}" + ("/results" if name == "results" else "")
-            print(
-                f"{label:<38} {m['requests']:>8} {m['requests'] / a.seconds:>7.0f} {m['p50'] * 1e3:>8.1f} "
-                f"{m['p99'] * 1e3:>8.1f} {TARGETS[name] * 1e3:>8.0f} {m['p99'] / TARGETS[name]:>10.2f}"
-                + (f"  errors: {m['errors']}" if m["errors"] else "")
-            )
-        http.post(f"/v1/sweeps/{sid}/cancel")
+                with tempfile.TemporaryDirectory(prefix="dab-bench-") as state:
+                    proc, url = _start_server(tree, state, server_cpu)
+                    try:
+                        if a.pin:
+                            pin_ray_head(Path(state), others)
+                        results = measure_service(url, None, a.clients, a.seconds, client, a.trials_at_once)
+                    finally:
+                        _stop(proc)
+            for route, m in results.items():
+                print(_row(label, route, m, a.seconds), flush=True)
+                p99.setdefault((label, route), []).append(m["p99"])
+        if worktree is not None:
+            for route in ("sweep", "results"):
+                before = statistics.median(p99[(a.baseline, route)])
+                after = statistics.median(p99[("current", route)])
+                print(
+                    f"p99 current/{a.baseline} {route}: {after / before:.2f} ({after * 1e3:.1f} vs {before * 1e3:.1f} ms)"
+                )
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(90)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        tmp.cleanup()
+        if worktree is not None:
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)], check=False
+            )
     return 0
 
 

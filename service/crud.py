@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.core.errors import ConflictError, NotFoundError
-from service.db.models import ACTIVE_STATES, Sweep, utcnow
+from service.db.models import ACTIVE_STATES, TERMINAL_STATES, Sweep, utcnow
 
 
 def get_sweep(session: Session, sweep_id: str) -> Sweep:
@@ -72,6 +72,17 @@ def active_sweeps(session: Session) -> list[Sweep]:
     )
 
 
+def unfinalized_sweeps(session: Session) -> list[Sweep]:
+    """Ended sweeps whose results and report are not stored yet (MLflow failed at the end)."""
+    return list(
+        session.scalars(
+            select(Sweep)
+            .where(Sweep.state.in_(TERMINAL_STATES), Sweep.finalized_at.is_(None))
+            .order_by(Sweep.created_at)
+        )
+    )
+
+
 def count_active(session: Session) -> int:
     return int(
         session.scalar(select(func.count()).select_from(Sweep).where(Sweep.state.in_(ACTIVE_STATES))) or 0
@@ -111,5 +122,6 @@ __all__ = [
     "get_sweep",
     "idempotency_conflict",
     "list_sweeps",
+    "unfinalized_sweeps",
     "update_sweep",
 ]

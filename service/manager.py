@@ -21,10 +21,10 @@ import os
 import re
 import shlex
 import sys
+import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,11 @@ from service import crud
 from service.core.config import Settings
 from service.core.errors import ConflictError, TooManySweepsError, UnavailableError
 from service.db.models import ACTIVE_STATES, TERMINAL_STATES, Sweep, utcnow
+from service.queries import Reads, encode_report
 from service.ray_jobs import TERMINAL_JOB_STATES, EmbeddedRayHead, RayJobs
-from service.specs import CheckedSpec, TrialCache
-from workers._files import STATUS_FILE, atomic_write_json
+from service.snapshot import empty_counts, plan_of, snapshot_fields
+from service.specs import CheckedSpec
+from workers._files import STATUS_FILE, atomic_write_json, read_json
 
 log = logging.getLogger("service.manager")
 
@@ -45,35 +47,14 @@ _EXIT_CODE = re.compile(r"exit code (\d+)")
 #: Driver exit codes that are the sweep's own outcome (1: some trial failed; 2: a bad spec), as
 #: opposed to a crash or a kill, after which the driver is resubmitted and restores.
 _FINAL_EXIT_CODES = {1, 2}
+#: Passes at storing an ended sweep's results and report before this process gives up on it.
+MAX_FINALIZE_ATTEMPTS = 3
 
 
-class StatusReader:
-    """Reads ``status.json`` files, parsing each again only when it changed on disk."""
-
-    def __init__(self) -> None:
-        self._cache: dict[str, tuple[int, int, dict[str, Any]]] = {}
-        self._lock = threading.Lock()
-
-    def read(self, sweep_dir: str | Path) -> dict[str, Any] | None:
-        import json
-
-        path = Path(sweep_dir) / STATUS_FILE
-        try:
-            st = path.stat()
-        except OSError:
-            return None
-        key = str(path)
-        with self._lock:
-            hit = self._cache.get(key)
-        if hit is not None and hit[0] == st.st_mtime_ns and hit[1] == st.st_size:
-            return hit[2]
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return hit[2] if hit else None
-        with self._lock:
-            self._cache[key] = (st.st_mtime_ns, st.st_size, data)
-        return data if isinstance(data, dict) else None
+def read_status(sweep_dir: str | Path) -> dict[str, Any] | None:
+    """The driver's status file, or None (not written yet, or unreadable for a moment)."""
+    data = read_json(Path(sweep_dir) / STATUS_FILE)
+    return data if isinstance(data, dict) else None
 
 
 class SweepManager:
@@ -84,11 +65,11 @@ class SweepManager:
         self.sessions = sessions
         self.head: EmbeddedRayHead | None = None
         self.jobs: RayJobs | None = None
-        self.status = StatusReader()
-        self.trials = TrialCache()
+        self.reads = Reads(settings, sessions)
         self.python = settings.driver_python or (sys.executable if settings.embedded else "python")
         self._submit_lock = threading.Lock()
         self._reconcile_lock = threading.Lock()
+        self._finalize_failures: dict[str, int] = {}
         self.ready = threading.Event()
         self.start_error: str | None = None
 
@@ -195,11 +176,12 @@ class SweepManager:
                 cell_count=checked.cells,
                 sweep_dir=str(sweep_dir),
                 job_attempts=0,
+                plan=plan_of(checked.trials),
+                counts=empty_counts(len(checked.trials)),
             )
             stored = crud.create_sweep(s, sweep)
             if stored.id != sweep_id:
                 return stored, False
-        self.trials.get(sweep_id, checked.data)  # warm: the first GET needs no expansion
         if self.jobs is not None:
             try:
                 self.submit_driver(sweep_id)
@@ -266,9 +248,11 @@ class SweepManager:
     # -- reconcile -------------------------------------------------------------------------
 
     def reconcile_all(self) -> None:
-        """Bring every active sweep's state in line with its Ray job (and resubmit lost ones)."""
+        """Bring every active sweep in line with its Ray job (resubmitting lost ones), write
+        each one's snapshot into its row, and finalize ended sweeps not finalized yet."""
         with self.sessions() as s:
             ids = [sw.id for sw in crud.active_sweeps(s)]
+            pending = [sw.id for sw in crud.unfinalized_sweeps(s)]
         for sweep_id in ids:
             try:
                 self.reconcile_one(sweep_id)
@@ -276,18 +260,19 @@ class SweepManager:
                 log.warning("sweep %s: %s", sweep_id, e)
             except Exception:
                 log.exception("sweep %s: reconcile failed", sweep_id)
+        for sweep_id in pending:
+            self.finalize(sweep_id)
 
     def reconcile_one(self, sweep_id: str) -> None:
         with self._reconcile_lock:
             self._reconcile(sweep_id)
 
     def _reconcile(self, sweep_id: str) -> None:
-        with self.sessions() as s:
-            sweep = crud.get_sweep(s, sweep_id)
+        sweep = self.reads.sweep(sweep_id, "plan", "trials")
         if sweep.state not in ACTIVE_STATES:
             return
-        status = self.status.read(sweep.sweep_dir)
-        self._record_status(sweep, status)
+        status = read_status(sweep.sweep_dir)
+        self._record_snapshot(sweep, status)
         if self.jobs is None:
             return
         if sweep.ray_job_id is None:
@@ -341,46 +326,107 @@ class SweepManager:
         lines = [ln for ln in self.jobs.logs(job_id).splitlines() if ln.strip()]
         return " | ".join(lines[-3:])[-1000:]
 
-    def _record_status(self, sweep: Sweep, status: dict[str, Any] | None) -> None:
+    def _record_snapshot(self, sweep: Sweep, status: dict[str, Any] | None) -> None:
+        """Write the sweep's snapshot columns (and its MLflow ids, once known) when they changed."""
+        now = utcnow()
+        fields = snapshot_fields(
+            status,
+            self.reads.plan(sweep),
+            state=sweep.state,
+            started_at=crud.as_utc(sweep.started_at),
+            now=now,
+        )
         if status is None:
-            return
-        fields: dict[str, Any] = {}
-        if status.get("counts") and status["counts"] != sweep.counts:
-            fields["counts"] = status["counts"]
-        if status.get("experiment_id") and status["experiment_id"] != sweep.mlflow_experiment_id:
-            fields["mlflow_experiment_id"] = str(status["experiment_id"])
-        if status.get("parent_run_id") and status["parent_run_id"] != sweep.parent_run_id:
-            fields["parent_run_id"] = str(status["parent_run_id"])
-        if fields:
+            fields.pop("trials")
+            fields.pop("counts")
+        changed = {k: v for k, v in fields.items() if getattr(sweep, k) != v}
+        if not (sweep.mlflow_experiment_id and sweep.parent_run_id):
+            exp_id, parent = self._find_ids(sweep.id)
+            if exp_id and exp_id != sweep.mlflow_experiment_id:
+                changed["mlflow_experiment_id"] = exp_id
+            if parent and parent != sweep.parent_run_id:
+                changed["parent_run_id"] = parent
+        if changed or sweep.snapshot_at is None:
             with self.sessions() as s:
-                crud.update_sweep(s, sweep.id, **fields)
+                crud.update_sweep(s, sweep.id, snapshot_at=now, **changed)
+
+    def _find_ids(self, sweep_id: str) -> tuple[str | None, str | None]:
+        """The sweep's MLflow experiment and parent run, derived from its id (None: not yet)."""
+        from workers.tracking import find_sweep_ids
+
+        try:
+            return find_sweep_ids(self.reads.mlflow(), sweep_id)
+        except Exception as e:
+            log.warning("sweep %s: MLflow ids not found: %s", sweep_id, e)
+            return None, None
 
     def _end(self, sweep: Sweep, state: str, message: str | None) -> None:
+        sweep = self.reads.sweep(sweep.id, "plan", "trials")
+        self._record_snapshot(sweep, read_status(sweep.sweep_dir))  # the driver's last word
+        sweep = self.reads.sweep(sweep.id)
         if state != "finished":
             self._end_running_runs(sweep)
-        status = self.status.read(sweep.sweep_dir)
+        with self.sessions() as s:
+            crud.update_sweep(s, sweep.id, state=state, message=message, finished_at=utcnow(), eta_s=None)
+        log.info("sweep %s: %s%s", sweep.id, state, f" ({message})" if message else "")
+        self.finalize(sweep.id)
+
+    def finalize(self, sweep_id: str) -> bool:
+        """Compute an ended sweep's results and report once, store them in its row and log the
+        report on its parent run. False (retried by the next reconcile) when MLflow fails."""
+        sweep = self.reads.sweep(sweep_id, "plan")
+        if sweep.state not in TERMINAL_STATES or sweep.finalized_at is not None:
+            return True
+        if self._finalize_failures.get(sweep_id, 0) >= MAX_FINALIZE_ATTEMPTS:
+            return False  # its reads stay computed from MLflow; the next start tries again
+        try:
+            if not sweep.mlflow_experiment_id:
+                exp_id, parent = self._find_ids(sweep.id)
+                if exp_id:
+                    with self.sessions() as s:
+                        sweep = crud.update_sweep(
+                            s, sweep.id, mlflow_experiment_id=exp_id, parent_run_id=parent
+                        )
+            runs = self.reads.runs(sweep, fresh=True)
+            results = self.reads.compute_results(sweep, None, None, None, runs=runs, check_metrics=False)
+            report = self.reads.compute_report(sweep, runs=runs)
+            artifact_path = self._log_report(sweep, report["markdown"], report["figures"])
+        except Exception as e:
+            log.warning(
+                "sweep %s: results not stored yet (%s: %s); trying again", sweep_id, type(e).__name__, e
+            )
+            return False
         with self.sessions() as s:
             crud.update_sweep(
                 s,
                 sweep.id,
-                state=state,
-                message=message,
-                finished_at=utcnow(),
-                counts=(status or {}).get("counts") or sweep.counts,
+                results=results,
+                report=encode_report(report["markdown"], report["figures"], artifact_path),
+                finalized_at=utcnow(),
             )
-        log.info("sweep %s: %s%s", sweep.id, state, f" ({message})" if message else "")
+        return True
+
+    def _log_report(self, sweep: Sweep, markdown: str, figures: dict[str, bytes]) -> str | None:
+        if not sweep.parent_run_id:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            d = Path(tmp)
+            (d / "report.md").write_text(markdown)
+            for name, png in figures.items():
+                (d / name).write_bytes(png)
+            self.reads.mlflow().log_artifacts(sweep.parent_run_id, str(d), "report")
+        return f"runs:/{sweep.parent_run_id}/report"
 
     def _end_running_runs(self, sweep: Sweep) -> None:
         """A driver SIGKILLed before it ended its runs leaves them RUNNING: end them KILLED."""
-        from workers.tracking import KILLED, RUNNING, TAG_SWEEP_ID, make_client
+        from workers.tracking import KILLED, RUNNING, TAG_SWEEP_ID
 
-        exp_id = sweep.mlflow_experiment_id or (self.status.read(sweep.sweep_dir) or {}).get("experiment_id")
-        if not exp_id:
+        if not sweep.mlflow_experiment_id:
             return
         try:
-            client = make_client(self.settings.tracking_uri)
+            client = self.reads.mlflow()
             runs = client.search_runs(
-                [str(exp_id)],
+                [str(sweep.mlflow_experiment_id)],
                 f"attributes.status = '{RUNNING}' and tags.`{TAG_SWEEP_ID}` = '{sweep.id}'",
                 max_results=10_000,
             )
@@ -401,11 +447,4 @@ class SweepManager:
             stop.wait(self.settings.poll_interval_s)
 
 
-def elapsed_s(started: datetime | None, ended: datetime | None) -> float | None:
-    started, ended = crud.as_utc(started), crud.as_utc(ended)
-    if started is None:
-        return None
-    return ((ended or utcnow()) - started).total_seconds()
-
-
-__all__ = ["SPEC_FILE", "StatusReader", "SweepManager", "elapsed_s"]
+__all__ = ["SPEC_FILE", "SweepManager", "read_status"]

@@ -1,11 +1,8 @@
-"""Spec bodies as the API receives them: media types, the service's limits, data roots, and a
-cache of expansions (a sweep's trials never change once it is submitted)."""
+"""Spec bodies as the API receives them: media types, the service's limits, data roots."""
 
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,26 +108,4 @@ def check_data_roots(data: Mapping[str, Any], allowed: list[Path]) -> None:
             )
 
 
-class TrialCache:
-    """Expansions of stored specs by sweep id (bounded LRU; specs of a sweep never change)."""
-
-    def __init__(self, size: int = 64) -> None:
-        self.size = size
-        self._items: OrderedDict[str, tuple[SweepSpec, list[Trial]]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, sweep_id: str, data: Mapping[str, Any]) -> tuple[SweepSpec, list[Trial]]:
-        with self._lock:
-            if sweep_id in self._items:
-                self._items.move_to_end(sweep_id)
-                return self._items[sweep_id]
-        spec = parse_spec(dict(data), source=f"sweep {sweep_id}")
-        value = (spec, expand(spec))
-        with self._lock:
-            self._items[sweep_id] = value
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-        return value
-
-
-__all__ = ["CheckedSpec", "TrialCache", "check_data_roots", "check_spec", "media_type"]
+__all__ = ["CheckedSpec", "check_data_roots", "check_spec", "media_type"]

@@ -125,6 +125,19 @@ def experiment_name(sweep_id: str) -> str:
     return f"dab/{sweep_id}"
 
 
+def find_sweep_ids(client: MlflowClient, sweep_id: str) -> tuple[str | None, str | None]:
+    """(experiment id, parent run id) of a sweep, derived from its id; None where not created."""
+    exp = client.get_experiment_by_name(experiment_name(sweep_id))
+    if exp is None:
+        return None, None
+    runs = client.search_runs(
+        [exp.experiment_id],
+        f"tags.`{TAG_ROLE}` = '{ROLE_SWEEP}' and tags.`{TAG_SWEEP_ID}` = '{sweep_id}'",
+        max_results=1,
+    )
+    return str(exp.experiment_id), (runs[0].info.run_id if runs else None)
+
+
 # --------------------------------------------------------------------------------------------
 # Store set-up
 

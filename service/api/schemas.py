@@ -42,8 +42,12 @@ class SweepsPublic(BaseModel):
 
 class SweepDetail(SweepPublic):
     progress: float = Field(description="0..1: finished trials plus the steps done by running ones")
-    eta_s: float | None = Field(None, description="seconds left, from the rate so far")
-    elapsed_s: float | None = None
+    eta_s: float | None = Field(None, description="seconds left, from the rate so far (as of snapshot_at)")
+    elapsed_s: float | None = Field(None, description="seconds from start to the end, or to snapshot_at")
+    snapshot_at: datetime | None = Field(
+        None, description="when the reconciler last wrote this sweep's state"
+    )
+    last_error: str | None = Field(None, description="a failed (else retrying) trial's error")
     ray_job_id: str | None = None
     job_attempts: int = 0
     mlflow_experiment_id: str | None = None

@@ -1,11 +1,18 @@
-"""The service's tables. MLflow is the record of trials; this database holds sweeps."""
+"""The service's tables. MLflow is the record of trials; this database holds sweeps.
+
+A sweep's row is its read model: what ``GET /v1/sweeps/{id}`` and the list answer is in the row
+and nothing else. The reconciler (`service.reconciler`) writes the snapshot columns while the
+sweep is active (state, counts, progress, ETA, ids, last error, per-trial states) and, once it
+ends, the results and the report (``finalized_at``). The large columns are loaded only by the
+queries that need them (``deferred``), so a list reads small rows.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Float, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SWEEP_STATES = ("queued", "running", "cancelling", "finished", "failed", "cancelled")
@@ -42,6 +49,20 @@ class Sweep(Base):
     parent_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
     counts: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
+    # The static plan, written once at submission: [[trial_key, index, cell_key, seed, steps], ...].
+    plan: Mapped[list[list[Any]] | None] = mapped_column(JSON, nullable=True, deferred=True)
+    # The snapshot, written by the reconciler:
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    eta_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # trial_key -> {state, attempts, last_step, run_id, error}, as the driver last reported.
+    trials: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, deferred=True)
+    snapshot_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Written once when the sweep has ended: the default results (the spec's metric, its
+    # declared aggregation) and the report ({markdown, figures: {name: base64 PNG}, artifact_path}).
+    results: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, deferred=True)
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, deferred=True)
+    finalized_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

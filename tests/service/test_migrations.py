@@ -27,10 +27,13 @@ def test_upgrade_keeps_old_sweeps(db_url: str) -> None:
         )
     upgrade(engine)  # to head
     with engine.connect() as conn:
-        row = conn.execute(text("SELECT id, state, counts FROM sweeps")).one()
+        row = conn.execute(
+            text("SELECT id, state, counts, progress, plan, results, finalized_at FROM sweeps")
+        ).one()
         version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    assert tuple(row) == ("old1", "finished", None)
-    assert version == "0002"
+    # kept, with the read model's columns empty: the reconciler finalizes it on its first pass
+    assert tuple(row) == ("old1", "finished", None, 0.0, None, None, None)
+    assert version == "0003"
     upgrade(engine)  # again: nothing to do
     engine.dispose()
 

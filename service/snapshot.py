@@ -1,0 +1,92 @@
+"""A sweep's snapshot: what the reconciler writes into its row from the driver's status.
+
+Pure functions of (the driver's status, the sweep's static plan, the clock): tested without
+Ray or MLflow. The plan is written once at submission (`plan_of`); the status is the driver's
+``status.json`` (`workers._status`). Reads never compute any of this: they read the row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+#: Trial states that count as done for progress.
+_DONE = ("finished", "skipped", "failed")
+#: The per-trial fields the row keeps (the status file has more: pids, start history).
+_TRIAL_FIELDS = ("state", "attempts", "last_step", "run_id", "error")
+
+PlanRow = list[Any]  # [trial_key, index, cell_key, seed, steps]
+
+
+def plan_of(trials: Sequence[Any]) -> list[PlanRow]:
+    """The static plan of an expanded sweep: one row per trial, in expansion order."""
+    return [[t.trial_key, t.index, t.cell_key, t.seed, t.config.get("steps")] for t in trials]
+
+
+def empty_counts(total: int) -> dict[str, int]:
+    counts = dict.fromkeys(("pending", "running", "retrying", "finished", "failed", "killed", "skipped"), 0)
+    return {"total": total, **counts, "pending": total}
+
+
+def progress_of(plan: Sequence[PlanRow], trials: Mapping[str, Mapping[str, Any]]) -> float:
+    """0..1: trials done (finished, skipped or failed) plus the fraction of steps of the others."""
+    if not plan:
+        return 0.0
+    done = 0.0
+    for key, _index, _cell, _seed, steps in plan:
+        t = trials.get(key) or {}
+        if t.get("state") in _DONE:
+            done += 1.0
+        elif t.get("last_step") and steps:
+            done += min(1.0, float(t["last_step"]) / float(steps))
+    return done / len(plan)
+
+
+def last_error_of(trials: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The error of a failed trial (else of a retrying one), naming the trial."""
+    for wanted in ("failed", "retrying"):
+        for key, t in trials.items():
+            if t.get("state") == wanted and t.get("error"):
+                return f"trial {key} ({wanted}): {t['error']}"[:4000]
+    return None
+
+
+def eta_of(state: str, started_at: datetime | None, now: datetime, progress: float) -> float | None:
+    """Seconds left, from the rate so far; None unless running with some progress."""
+    if state != "running" or started_at is None or not 0 < progress < 1:
+        return None
+    elapsed = (now - started_at).total_seconds()
+    return round(elapsed * (1 - progress) / progress, 1)
+
+
+def snapshot_fields(
+    status: Mapping[str, Any] | None,
+    plan: Sequence[PlanRow],
+    *,
+    state: str,
+    started_at: datetime | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The row's snapshot columns from the driver's status (None: no status yet)."""
+    if status is None:
+        trials: dict[str, dict[str, Any]] = {}
+        counts = empty_counts(len(plan))
+    else:
+        trials = {
+            key: {f: t.get(f) for f in _TRIAL_FIELDS}
+            for key, t in (status.get("trials") or {}).items()
+            if isinstance(t, Mapping)
+        }
+        counts = dict(status.get("counts") or empty_counts(len(plan)))
+    progress = round(progress_of(plan, trials), 4)
+    return {
+        "trials": trials,
+        "counts": counts,
+        "progress": progress,
+        "eta_s": eta_of(state, started_at, now, progress),
+        "last_error": last_error_of(trials),
+    }
+
+
+__all__ = ["empty_counts", "eta_of", "last_error_of", "plan_of", "progress_of", "snapshot_fields"]

@@ -1,0 +1,54 @@
+"""The snapshot the reconciler writes into a sweep's row, as pure functions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from service.snapshot import empty_counts, eta_of, last_error_of, progress_of, snapshot_fields
+
+PLAN = [["a", 0, "c1", 0, 100], ["b", 1, "c2", 0, 100], ["c", 2, "c1", 1, 100], ["d", 3, "c2", 1, 100]]
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def test_progress_counts_done_trials_and_steps_of_the_others() -> None:
+    trials = {
+        "a": {"state": "finished"},
+        "b": {"state": "failed"},
+        "c": {"state": "running", "last_step": 25},
+        "d": {"state": "pending", "last_step": None},
+    }
+    assert progress_of(PLAN, trials) == pytest.approx((1 + 1 + 0.25) / 4)
+    assert progress_of(PLAN, {"a": {"state": "running", "last_step": 500}}) == pytest.approx(0.25)  # capped
+    assert progress_of([], {}) == 0.0
+
+
+def test_eta_only_while_running_with_some_progress() -> None:
+    started = NOW - timedelta(seconds=100)
+    assert eta_of("running", started, NOW, 0.25) == pytest.approx(300.0)
+    assert eta_of("running", started, NOW, 0.0) is None
+    assert eta_of("finished", started, NOW, 0.5) is None
+    assert eta_of("running", None, NOW, 0.5) is None
+
+
+def test_last_error_prefers_a_failed_trial_and_names_it() -> None:
+    trials = {"a": {"state": "retrying", "error": "OOM"}, "b": {"state": "failed", "error": "NaN loss"}}
+    assert last_error_of(trials) == "trial b (failed): NaN loss"
+    assert last_error_of({"a": {"state": "retrying", "error": "OOM"}}) == "trial a (retrying): OOM"
+    assert last_error_of({"a": {"state": "finished", "error": None}}) is None
+
+
+def test_snapshot_fields_keep_only_the_rows_fields() -> None:
+    status = {
+        "counts": {"total": 4, "running": 1, "pending": 3},
+        "trials": {"a": {"state": "running", "last_step": 50, "attempts": 1, "pid": 123, "starts": [{}]}},
+    }
+    fields = snapshot_fields(status, PLAN, state="running", started_at=NOW - timedelta(seconds=10), now=NOW)
+    assert fields["trials"] == {
+        "a": {"state": "running", "attempts": 1, "last_step": 50, "run_id": None, "error": None}
+    }
+    assert fields["counts"] == status["counts"] and fields["progress"] == 0.125
+    assert fields["eta_s"] == pytest.approx(70.0) and fields["last_error"] is None
+    none = snapshot_fields(None, PLAN, state="queued", started_at=None, now=NOW)
+    assert none["counts"] == empty_counts(4) and none["counts"]["pending"] == 4 and none["progress"] == 0.0
