@@ -21,7 +21,6 @@ import os
 import re
 import shlex
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -34,7 +33,8 @@ from service import crud
 from service.core.config import Settings
 from service.core.errors import ConflictError, TooManySweepsError, UnavailableError
 from service.db.models import ACTIVE_STATES, TERMINAL_STATES, Sweep, utcnow
-from service.queries import Reads, encode_report
+from service.finalize import Finalizer
+from service.queries import Reads
 from service.ray_jobs import TERMINAL_JOB_STATES, EmbeddedRayHead, RayJobs
 from service.snapshot import empty_counts, plan_of, snapshot_fields
 from service.specs import CheckedSpec
@@ -47,8 +47,6 @@ _EXIT_CODE = re.compile(r"exit code (\d+)")
 #: Driver exit codes that are the sweep's own outcome (1: some trial failed; 2: a bad spec), as
 #: opposed to a crash or a kill, after which the driver is resubmitted and restores.
 _FINAL_EXIT_CODES = {1, 2}
-#: Passes at storing an ended sweep's results and report before this process gives up on it.
-MAX_FINALIZE_ATTEMPTS = 3
 
 
 def read_status(sweep_dir: str | Path) -> dict[str, Any] | None:
@@ -66,10 +64,10 @@ class SweepManager:
         self.head: EmbeddedRayHead | None = None
         self.jobs: RayJobs | None = None
         self.reads = Reads(settings, sessions)
+        self.finalizer = Finalizer(sessions, self.reads)
         self.python = settings.driver_python or (sys.executable if settings.embedded else "python")
         self._submit_lock = threading.Lock()
         self._reconcile_lock = threading.Lock()
-        self._finalize_failures: dict[str, int] = {}
         self.ready = threading.Event()
         self.start_error: str | None = None
 
@@ -365,78 +363,15 @@ class SweepManager:
         self._record_snapshot(sweep, read_status(sweep.sweep_dir))  # the driver's last word
         sweep = self.reads.sweep(sweep.id)
         if state != "finished":
-            self._end_running_runs(sweep)
+            self.finalizer.end_running_runs(sweep)
         with self.sessions() as s:
             crud.update_sweep(s, sweep.id, state=state, message=message, finished_at=utcnow(), eta_s=None)
         log.info("sweep %s: %s%s", sweep.id, state, f" ({message})" if message else "")
         self.finalize(sweep.id)
 
     def finalize(self, sweep_id: str) -> bool:
-        """Compute an ended sweep's results and report once, store them in its row and log the
-        report on its parent run. False (retried by the next reconcile) when MLflow fails."""
-        sweep = self.reads.sweep(sweep_id, "plan")
-        if sweep.state not in TERMINAL_STATES or sweep.finalized_at is not None:
-            return True
-        if self._finalize_failures.get(sweep_id, 0) >= MAX_FINALIZE_ATTEMPTS:
-            return False  # its reads stay computed from MLflow; the next start tries again
-        try:
-            if not sweep.mlflow_experiment_id:
-                exp_id, parent = self._find_ids(sweep.id)
-                if exp_id:
-                    with self.sessions() as s:
-                        sweep = crud.update_sweep(
-                            s, sweep.id, mlflow_experiment_id=exp_id, parent_run_id=parent
-                        )
-            runs = self.reads.runs(sweep, fresh=True)
-            results = self.reads.compute_results(sweep, None, None, None, runs=runs, check_metrics=False)
-            report = self.reads.compute_report(sweep, runs=runs)
-            artifact_path = self._log_report(sweep, report["markdown"], report["figures"])
-        except Exception as e:
-            log.warning(
-                "sweep %s: results not stored yet (%s: %s); trying again", sweep_id, type(e).__name__, e
-            )
-            return False
-        with self.sessions() as s:
-            crud.update_sweep(
-                s,
-                sweep.id,
-                results=results,
-                report=encode_report(report["markdown"], report["figures"], artifact_path),
-                finalized_at=utcnow(),
-            )
-        return True
-
-    def _log_report(self, sweep: Sweep, markdown: str, figures: dict[str, bytes]) -> str | None:
-        if not sweep.parent_run_id:
-            return None
-        with tempfile.TemporaryDirectory() as tmp:
-            d = Path(tmp)
-            (d / "report.md").write_text(markdown)
-            for name, png in figures.items():
-                (d / name).write_bytes(png)
-            self.reads.mlflow().log_artifacts(sweep.parent_run_id, str(d), "report")
-        return f"runs:/{sweep.parent_run_id}/report"
-
-    def _end_running_runs(self, sweep: Sweep) -> None:
-        """A driver SIGKILLed before it ended its runs leaves them RUNNING: end them KILLED."""
-        from workers.tracking import KILLED, RUNNING, TAG_SWEEP_ID
-
-        if not sweep.mlflow_experiment_id:
-            return
-        try:
-            client = self.reads.mlflow()
-            runs = client.search_runs(
-                [str(sweep.mlflow_experiment_id)],
-                f"attributes.status = '{RUNNING}' and tags.`{TAG_SWEEP_ID}` = '{sweep.id}'",
-                max_results=10_000,
-            )
-            for run in runs:
-                client.set_tag(
-                    run.info.run_id, "dab.end_reason", "sweep ended; the driver did not end this run"
-                )
-                client.set_terminated(run.info.run_id, KILLED)
-        except Exception as e:
-            log.warning("sweep %s: could not end RUNNING runs: %s", sweep.id, e)
+        """Store an ended sweep's results and report once (`service.finalize`)."""
+        return self.finalizer.finalize(sweep_id, self._find_ids)
 
     # -- the reconciler thread -------------------------------------------------------------
 
