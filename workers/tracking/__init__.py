@@ -145,9 +145,9 @@ _EXPORTS = {
     "result_metrics": "workers.tracking.callback",
 }
 
-# Not public, kept importable: Tune experiments pickled by the single-module `workers.tracking`
-# of earlier versions name `workers.tracking._restore_callback` (see
-# `TrackingCallback.__reduce__`), and a restore must still find it.
+# Not public, kept importable under their old names: Tune experiments pickled by the
+# single-module `workers.tracking` of earlier versions name `workers.tracking._restore_callback`
+# (see `TrackingCallback.__reduce__`), and restoring such a sweep must still find it.
 _PRIVATE = {
     "_restore_callback": ("workers.tracking.callback", "_restore_callback"),
     "_set_tags": ("workers.tracking.runs", "set_run_tags"),
