@@ -23,6 +23,8 @@ if TYPE_CHECKING:
         TrackingCallback,
         configure_sqlite,
         experiment_name,
+        find_sweep_ids,
+        sqlite_pragmas,
     )
     from workers.trainable import dab_trainable, make_trainable, resolve_resources
 
@@ -37,6 +39,8 @@ _EXPORTS = {
     "TrackingCallback": "workers.tracking",
     "configure_sqlite": "workers.tracking",
     "experiment_name": "workers.tracking",
+    "find_sweep_ids": "workers.tracking",
+    "sqlite_pragmas": "workers.tracking",
     "SpecError": "workers.spec",
     "SweepSpec": "workers.spec",
     "SweepSuite": "workers.spec",
@@ -64,12 +68,14 @@ __all__ = [
     "ensure_ray",
     "expand",
     "experiment_name",
+    "find_sweep_ids",
     "load_spec",
     "main",
     "make_trainable",
     "parse_spec",
     "resolve_resources",
     "run_sweep",
+    "sqlite_pragmas",
 ]
 
 

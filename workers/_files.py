@@ -3,13 +3,17 @@
 Private: `workers.driver` and `workers.tracking` use it. Layout of a sweep directory::
 
     <sweep dir>/
-        sweep.json      the sweep's identity: sweep id, MLflow experiment and parent run ids
         status.json     machine-readable progress (trial_key -> state, attempts, last step,
                         run id), rewritten atomically as trials progress; the service reads it
         driver.lock     held (flock) by the running driver; the kernel releases it when the
                         driver dies, so a killed driver never leaves a stale lock behind
         tune/           Ray Tune's storage_path: one Tune experiment per set of trials to run,
                         each with a ``dab_trials.json`` naming the trial keys it was built for
+
+No file here holds the sweep's MLflow experiment or parent run id: those live in MLflow (and
+the service's database) and are found from the sweep id (`workers.tracking.find_sweep_ids`),
+so nothing can disagree with MLflow. The sweep id is the driver's ``--sweep-id``, else the
+directory's name.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-SWEEP_FILE = "sweep.json"
 STATUS_FILE = "status.json"
 LOCK_FILE = "driver.lock"
 TUNE_DIR = "tune"

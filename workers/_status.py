@@ -6,7 +6,7 @@ progress, so a reader always sees a whole file. Shape::
 
     {"version": 1, "sweep_id": ..., "name": ..., "state": "running" | "finished" | "failed"
      | "interrupted", "driver_pid": ..., "started_at": ..., "updated_at": ..., "finished_at": ...,
-     "tracking_uri": ..., "experiment_id": ..., "parent_run_id": ..., "tune_experiment": ...,
+     "tracking_uri": ..., "tune_experiment": ..., "resources": ...,
      "counts": {"total", "skipped", "pending", "running", "retrying", "finished", "failed",
                 "killed"},
      "trials": {trial_key: {"index", "cell_key", "replicate", "seed", "state", "attempts",
@@ -14,6 +14,9 @@ progress, so a reader always sees a whole file. Shape::
                             "from_step"}]}},
      "skipped": [{"trial_key", "reason", "run_id"}],
      "notes": [...], "tracking_errors": [...]}
+
+It holds no MLflow experiment or parent run id: a reader finds them from the sweep id
+(`workers.tracking.find_sweep_ids`).
 
 Trial states: ``pending`` (not started by this driver yet), ``running``, ``retrying`` (its
 worker failed; Tune restarts it from its last checkpoint), ``finished``, ``failed`` (out of

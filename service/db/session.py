@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+from workers.tracking.store import DEFAULT_BUSY_TIMEOUT_MS, sqlite_pragmas
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -18,16 +19,13 @@ def make_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": DEFAULT_BUSY_TIMEOUT_MS / 1000}
+        )
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-            if isinstance(dbapi_connection, sqlite3.Connection):
-                cur = dbapi_connection.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA synchronous=NORMAL")
-                cur.execute("PRAGMA busy_timeout=30000")
-                cur.close()
+            sqlite_pragmas(dbapi_connection)  # the MLflow store's settings, from one place
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=40)

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from workers.driver import main, run_sweep
-from workers.tracking import git_commit, package_version
+from workers.driver import SweepDirError, main, run_sweep
+from workers.tracking import find_sweep_ids, git_commit, make_client, package_version
 
 STEPS = [10, 20, 30, 40]
 
@@ -110,9 +110,12 @@ def test_four_trial_sweep_makes_one_parent_and_four_finished_children(
         assert entry["state"] == "finished" and entry["attempts"] == 1 and entry["last_step"] == 40
         assert entry["run_id"] == by_key[trial.trial_key][0].info.run_id
         assert (entry["cell_key"], entry["seed"], entry["index"]) == (trial.cell_key, trial.seed, trial.index)
-    assert status["parent_run_id"] == parent.info.run_id
-    sweep = json.loads((sweep_dir / "sweep.json").read_text())
-    assert sweep["sweep_id"] == "sweep-four" and sweep["parent_run_id"] == parent.info.run_id
+    # The ids are MLflow's: derived from the sweep id, kept in no file of the sweep directory.
+    assert "experiment_id" not in status and "parent_run_id" not in status
+    assert status["sweep_id"] == "sweep-four"
+    assert not (sweep_dir / "sweep.json").exists()
+    ids = find_sweep_ids(view.client, "sweep-four")
+    assert ids == (view.experiment_id, parent.info.run_id) == (outcome.experiment_id, outcome.parent_run_id)
     # A finished trial's final checkpoint is in MLflow: Tune's copies are gone.
     assert _tune_checkpoints(sweep_dir) == []
 
@@ -137,6 +140,7 @@ def test_resubmitting_runs_nothing_and_a_new_seed_runs_only_its_trials(
 
     again = run_sweep(spec, trials, sweep_dir=sweep_dir, tracking_uri=tracking_uri)
     assert again.exit_code == 0 and again.state == "finished"
+    assert (again.experiment_id, again.parent_run_id) == (first.experiment_id, first.parent_run_id)
     assert again.ran == [] and again.finished == []
     assert sorted(again.skipped) == sorted(run_ids)
     assert again.tune_experiment is None  # nothing was handed to Tune
@@ -259,6 +263,50 @@ def test_the_cli_refuses_a_suite_with_exit_code_2(tmp_path: Path, capsys: pytest
     assert code == 2
     assert "is a suite (a)" in capsys.readouterr().err
     assert not (tmp_path / "sw").exists()
+
+
+def test_a_restarted_driver_finds_its_experiment_and_parent_from_the_sweep_id_alone(
+    tracking_uri: str, tmp_path: Path, make_sweep: Callable[..., Any]
+) -> None:
+    """No Ray: a sweep with nothing to run still makes (then finds) its experiment and parent."""
+    spec, _ = make_sweep("ids", replicates=1)
+    sweep_dir = tmp_path / "sweep-ids"
+    client = make_client(tracking_uri)
+    assert find_sweep_ids(client, "sweep-ids") == (None, None)
+
+    first = run_sweep(spec, [], sweep_dir=sweep_dir, tracking_uri=tracking_uri)
+    assert first.state == "finished" and first.sweep_id == "sweep-ids"  # the directory's name
+    assert find_sweep_ids(client, "sweep-ids") == (first.experiment_id, first.parent_run_id)
+    assert sorted(p.name for p in sweep_dir.iterdir()) == ["driver.lock", "status.json"]  # no sweep.json
+    status = _status(sweep_dir)
+    assert "experiment_id" not in status and "parent_run_id" not in status
+    assert status["sweep_id"] == "sweep-ids" and status["counts"]["total"] == 0
+
+    again = run_sweep(spec, [], sweep_dir=sweep_dir, tracking_uri=tracking_uri, sweep_id="sweep-ids")
+    assert (again.experiment_id, again.parent_run_id) == (first.experiment_id, first.parent_run_id)
+    assert not (sweep_dir / "sweep.json").exists()
+    exp = client.get_experiment_by_name("dab/sweep-ids")
+    assert exp is not None and exp.experiment_id == first.experiment_id
+    parents = client.search_runs([exp.experiment_id], "tags.`dab.role` = 'sweep'")
+    assert [r.info.run_id for r in parents] == [first.parent_run_id]
+    assert parents[0].info.status == "FINISHED"
+
+
+def test_a_sweep_directory_refuses_another_sweep_id(
+    tracking_uri: str, tmp_path: Path, make_sweep: Callable[..., Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec, _ = make_sweep("own", replicates=1)
+    sweep_dir = tmp_path / "dir"
+    run_sweep(spec, [], sweep_dir=sweep_dir, tracking_uri=tracking_uri, sweep_id="abc")
+    with pytest.raises(SweepDirError, match="belongs to sweep 'abc', not 'dir'"):
+        run_sweep(spec, [], sweep_dir=sweep_dir, tracking_uri=tracking_uri)  # default: the dir's name
+    (tmp_path / "own.yaml").write_text(
+        "name: own\nexperiment: sorting\nparams: {model: signum-dense, seq_len: 3, steps: 10}\n"
+    )
+    argv = [str(tmp_path / "own.yaml"), "--sweep-dir", str(sweep_dir), "--tracking-uri", tracking_uri]
+    assert main([*argv, "--sweep-id", "xyz"]) == 2
+    assert "belongs to sweep 'abc', not 'xyz'" in capsys.readouterr().err
+    assert find_sweep_ids(make_client(tracking_uri), "xyz") == (None, None)  # nothing was created
 
 
 def _free_port() -> int:

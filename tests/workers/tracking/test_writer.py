@@ -1,4 +1,4 @@
-"""The MLflow side on its own: params, the store set-up, finding runs again, the writer thread.
+"""`workers.tracking.writer`: the thread that owns every MLflow write of a sweep.
 
 Real MLflow (SQLite stores under tmp_path); no Ray is started here.
 """
@@ -6,11 +6,11 @@ Real MLflow (SQLite stores under tmp_path); no Ray is started here.
 from __future__ import annotations
 
 import json
-import sqlite3
-import time
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import pytest
 from mlflow import MlflowClient
 
 from workers.tracking import (
@@ -25,11 +25,7 @@ from workers.tracking import (
     Report,
     RunSpec,
     SweepTracker,
-    configure_sqlite,
-    flatten_params,
-    result_metrics,
     trial_run_spec,
-    truncate,
 )
 
 
@@ -50,118 +46,6 @@ def _run_id(writer: MlflowWriter, key: str) -> str:
 
 def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
-
-
-def test_flatten_params_dots_nested_keys_and_cuts_long_values() -> None:
-    long = "x" * (MAX_PARAM_VALUE + 500)
-    params, truncated = flatten_params(
-        {
-            "lr": 0.001,
-            "hard_params": {"eps": 0.5, "deep": {"k": 3}},
-            "hidden": [16, 16],
-            "none": None,
-            "note": long,
-        }
-    )
-    assert params["lr"] == "0.001"
-    assert params["hard_params.eps"] == "0.5"
-    assert params["hard_params.deep.k"] == "3"
-    assert params["hidden"] == "[16, 16]"
-    assert params["none"] == "None"
-    assert len(params["note"]) == MAX_PARAM_VALUE
-    assert params["note"].endswith(f"[{MAX_PARAM_VALUE + 500} chars, sha256 {params['note'][-13:-1]}]")
-    assert truncated == ["note"]
-    assert flatten_params({"hard_params": {}})[0] == {"hard_params": "{}"}
-
-
-def test_truncate_keeps_short_values_whole() -> None:
-    assert truncate("abc", 10) == ("abc", False)
-    cut, was_cut = truncate("a" * 100, 60)
-    assert was_cut and len(cut) == 60 and cut.startswith("a" * 10)
-
-
-def test_result_metrics_keeps_the_trials_numbers_only() -> None:
-    result = {
-        "step": 10.0,
-        "train_loss": 1.5,
-        "flag": True,
-        "training_iteration": 1,
-        "time_total_s": 0.3,
-        "pid": 123,
-        "hostname": "h",
-        "config": {"trial_key": "k"},
-        "done": False,
-        "timestamp": 1,
-        "checkpoint_dir_name": "checkpoint_000000",
-    }
-    assert result_metrics(result) == {"step": 10.0, "train_loss": 1.5, "flag": 1.0}
-
-
-def test_configure_sqlite_sets_wal_and_fast_commits(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path}/sub/m.db"
-    configure_sqlite(uri)
-    assert sqlite3.connect(tmp_path / "sub" / "m.db").execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    from sqlalchemy import create_engine, text
-
-    with create_engine(uri).connect() as conn:  # every SQLAlchemy connection gets the pragmas
-        assert conn.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL
-        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30_000
-    configure_sqlite("http://127.0.0.1:5000")  # not SQLite: nothing to do, no error
-    other = tmp_path / "service.db"  # another SQLite database of the process: left alone
-    with create_engine(f"sqlite:///{other}").connect() as conn:
-        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "delete"
-        assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL, SQLite's default
-
-
-def test_tracker_finds_its_experiment_and_parent_again(tracking_uri: str) -> None:
-    first = SweepTracker(tracking_uri, "sweep-a")
-    exp = first.ensure_experiment()
-    parent = first.ensure_parent({"dab.spec_name": "a"}, run_name="a")
-    client = first.client
-    client.set_terminated(parent, KILLED)
-
-    second = SweepTracker(tracking_uri, "sweep-a")  # a restarted driver
-    assert second.ensure_experiment() == exp
-    assert second.ensure_parent({"dab.spec_name": "a2"}, run_name="a") == parent
-    run = client.get_run(parent)
-    assert run.info.status == "RUNNING"
-    assert run.data.tags["dab.spec_name"] == "a2"
-    assert run.data.tags[TAG_ROLE] == "sweep" and run.data.tags[TAG_SWEEP_ID] == "sweep-a"
-    assert client.get_experiment(exp).name == "dab/sweep-a"
-    assert (
-        client.get_experiment(exp).artifact_location
-        == (Path(tracking_uri[10:]).parent / "artifacts" / "sweep-a").as_uri()
-    )
-    other = SweepTracker(tracking_uri, "sweep-b")
-    assert other.ensure_experiment() != exp
-    assert other.ensure_parent({}, run_name="b") != parent
-
-
-def test_child_runs_reports_last_step_and_prefers_the_finished_duplicate(tracking_uri: str) -> None:
-    tracker = SweepTracker(tracking_uri, "sw")
-    exp = tracker.ensure_experiment()
-    client = tracker.client
-    tags = {TAG_SWEEP_ID: "sw", TAG_ROLE: "trial"}
-    killed = client.create_run(exp, tags={**tags, TAG_TRIAL_KEY: "k1"}).info.run_id
-    client.log_metric(killed, "step", 30, step=30)
-    client.set_terminated(killed, KILLED)
-    finished = client.create_run(exp, tags={**tags, TAG_TRIAL_KEY: "k1"}).info.run_id
-    client.log_metric(finished, "step", 10, step=10)
-    client.log_metric(finished, "step", 20, step=20)
-    client.set_terminated(finished, FINISHED)
-    running = client.create_run(exp, tags={**tags, TAG_TRIAL_KEY: "k2"}).info.run_id
-    client.create_run(exp, tags={TAG_SWEEP_ID: "other", TAG_ROLE: "trial", TAG_TRIAL_KEY: "k3"})
-
-    runs = tracker.child_runs()
-    assert set(runs) == {"k1", "k2"}
-    assert (runs["k1"].run_id, runs["k1"].status, runs["k1"].last_step) == (finished, FINISHED, 20.0)
-    assert runs["k1"].duplicates == [killed]
-    assert (runs["k2"].run_id, runs["k2"].status, runs["k2"].last_step) == (running, "RUNNING", None)
-
-    assert tracker.end_interrupted(runs) == [running]
-    assert client.get_run(running).info.status == KILLED
-    assert client.get_run(finished).info.status == FINISHED
-    assert runs["k2"].status == KILLED
 
 
 def test_writer_creates_runs_batches_metrics_and_ends_runs(tracking_uri: str) -> None:
@@ -276,26 +160,56 @@ def test_writer_records_a_failed_write_and_carries_on(tracking_uri: str) -> None
     assert tracker.client.get_run(_run_id(writer, "k1")).info.status == FINISHED
 
 
+class _GatedClient:
+    """A real client whose calls from any thread but the test's wait until `gate` is set.
+
+    Records which thread made each call: the test's own calls would be the enqueueing side
+    touching MLflow, which it must never do.
+    """
+
+    def __init__(self, real: MlflowClient) -> None:
+        self.real = real
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.caller_calls: list[str] = []
+        self.writer_calls: list[str] = []
+        self._caller = threading.get_ident()
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.real, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() == self._caller:
+                self.caller_calls.append(name)
+            else:
+                self.writer_calls.append(name)
+                self.entered.set()
+                assert self.gate.wait(60), "the test never opened the gate"
+            return method(*args, **kwargs)
+
+        return call
+
+
 def test_writer_keeps_tunes_loop_free(tracking_uri: str) -> None:
+    """Enqueueing makes no MLflow call and does not wait for one: the writer thread is held
+    inside its first call while all 80 operations are enqueued."""
     tracker = SweepTracker(tracking_uri, "sw")
     exp = tracker.ensure_experiment()
-    writer = MlflowWriter(tracker.client, exp, linger_s=0.2).start()
-    t0 = time.perf_counter()
+    gated = _GatedClient(tracker.client)
+    writer = MlflowWriter(gated, exp, linger_s=0.01).start()  # type: ignore[arg-type]
+    writer.open_run("k0", _spec("k0"))
+    assert gated.entered.wait(30), "the writer thread never called MLflow"
     for i in range(20):
-        writer.open_run(f"k{i}", _spec(f"k{i}"))
+        if i:
+            writer.open_run(f"k{i}", _spec(f"k{i}"))
         writer.log_reports(f"k{i}", [Report(s, s, {"step": float(s), "loss": 1.0 / s}) for s in (10, 20, 30)])
         writer.terminate(f"k{i}", FINISHED)
-    enqueue_s = time.perf_counter() - t0
-    assert writer.close(timeout=60)
-    assert enqueue_s < 0.05, f"enqueueing 80 operations took {enqueue_s:.3f} s"
+    # Every enqueue returned while the thread is still held in its first call.
+    assert gated.writer_calls == ["create_run"] and not gated.gate.is_set()
+    assert gated.caller_calls == []
+    gated.gate.set()
+    assert writer.close(timeout=60) and writer.errors == []
+    assert gated.caller_calls == []
     runs = tracker.client.search_runs([exp], "", max_results=100)
     assert len(runs) == 20 and {r.info.status for r in runs} == {FINISHED}
-
-
-@pytest.mark.parametrize("uri", ["sqlite:////abs/dir/m.db", "sqlite:///rel.db"])
-def test_default_artifact_root_is_beside_a_sqlite_store(uri: str) -> None:
-    from workers.tracking import default_artifact_root
-
-    root = default_artifact_root(uri)
-    assert root is not None and root.startswith("file://") and root.endswith("/artifacts")
-    assert default_artifact_root("https://mlflow.example") is None
+    assert {r.data.metrics["step"] for r in runs} == {30.0}

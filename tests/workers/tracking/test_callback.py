@@ -1,0 +1,157 @@
+"""`workers.tracking.callback`: what the Tune callback decides, with a recording writer.
+
+No Ray is started and no MLflow store is touched: the writer and the status file are fakes
+that record what the callback hands them (the real ones are tested beside this file and, with
+Tune, in tests/workers/test_driver.py and test_faults.py).
+"""
+
+from __future__ import annotations
+
+import pickle
+from types import SimpleNamespace
+from typing import Any
+
+from ray.tune import Callback
+
+from workers.tracking import (
+    FAILED,
+    KILLED,
+    TAG_ROLE,
+    TAG_TRIAL_KEY,
+    RunSpec,
+    TrackingCallback,
+    result_metrics,
+)
+from workers.trainable import TRIAL_KEY
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.ops: list[tuple[Any, ...]] = []
+
+    def open_run(self, key: str, spec: RunSpec, tags: dict[str, str]) -> None:
+        self.ops.append(("open", key, tags))
+
+    def log_reports(self, key: str, reports: list[Any]) -> None:
+        self.ops.append(("metrics", key, [r.step for r in reports]))
+
+    def terminate(self, key: str, status: str, reason: str | None = None, after: Any = None) -> None:
+        self.ops.append(("terminate", key, status))
+
+    def run_id(self, key: str) -> str:
+        return f"run-{key}"
+
+
+class _Status:
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+        self._attempts = 0
+
+    def attempts(self, key: str) -> int:
+        return self._attempts
+
+    def started(self, key: str, *, from_step: float, run_id: str | None = None) -> None:
+        self._attempts += 1
+        self.events.append(("started", key, from_step, run_id))
+
+    def progress(self, key: str, *, step: float, pid: Any = None, run_id: str | None = None) -> None:
+        self.events.append(("progress", key, step))
+
+    def failed(self, key: str, *, error: str) -> None:
+        self.events.append(("failed", key))
+
+    def stopped(self, key: str, *, state: str, error: str) -> None:
+        self.events.append(("stopped", key, state))
+
+
+def _callback(last_steps: dict[str, float | None], token: str) -> tuple[TrackingCallback, _Writer, _Status]:
+    writer, status = _Writer(), _Status()
+    spec = RunSpec(run_name="k", tags={TAG_ROLE: "trial", TAG_TRIAL_KEY: "k"}, params={}, config={})
+    callback = TrackingCallback(
+        writer=writer,  # type: ignore[arg-type]
+        status=status,  # type: ignore[arg-type]
+        run_specs={"k": spec},
+        last_steps=last_steps,
+        token=token,
+    )
+    return callback, writer, status
+
+
+def _trial(key: str = "k") -> Any:
+    return SimpleNamespace(config={TRIAL_KEY: key}, checkpoint=None, error_file=None, status="RUNNING")
+
+
+def test_result_metrics_keeps_the_trials_numbers_only() -> None:
+    result = {
+        "step": 10.0,
+        "train_loss": 1.5,
+        "flag": True,
+        "training_iteration": 1,
+        "time_total_s": 0.3,
+        "pid": 123,
+        "hostname": "h",
+        "config": {"trial_key": "k"},
+        "done": False,
+        "timestamp": 1,
+        "checkpoint_dir_name": "checkpoint_000000",
+    }
+    assert result_metrics(result) == {"step": 10.0, "train_loss": 1.5, "flag": 1.0}
+
+
+def test_reports_at_or_below_the_runs_last_step_are_dropped() -> None:
+    """A restore rewinds to the last checkpoint Tune recorded: steps the run holds come again."""
+    callback, writer, status = _callback({"k": 20.0}, token="t-drop")
+    try:
+        trial = _trial()
+        callback.on_trial_start(0, [trial], trial)
+        for step in (10, 20, 30, 30, 40):
+            callback.on_trial_result(0, [trial], trial, {"step": float(step), "loss": 1.0})
+        other = _trial("not-this-drivers")
+        callback.on_trial_result(0, [other], other, {"step": 50.0})  # not one of its runs: ignored
+        assert writer.ops == [
+            ("open", "k", {"dab.attempts": "1"}),
+            ("metrics", "k", [30]),
+            ("metrics", "k", [40]),
+        ]
+        assert status.events[0] == ("started", "k", 0.0, "run-k")
+    finally:
+        callback.unregister()
+
+
+def test_an_ended_run_is_not_written_again_and_stop_ends_only_open_runs() -> None:
+    callback, writer, status = _callback({}, token="t-end")
+    try:
+        trial = _trial()
+        callback.on_trial_start(0, [trial], trial)
+        callback.on_trial_error(0, [trial], trial)
+        callback.on_trial_result(0, [trial], trial, {"step": 10.0})
+        assert writer.ops[1:] == [("terminate", "k", FAILED)]
+        assert callback.stop(KILLED, "driver stopped") == []  # already ended FAILED
+        assert ("failed", "k") in status.events
+    finally:
+        callback.unregister()
+
+    callback, writer, status = _callback({}, token="t-stop")
+    try:
+        trial = _trial()
+        callback.on_trial_start(0, [trial], trial)
+        assert callback.stop(KILLED, "driver stopped") == ["k"]
+        assert writer.ops[-1] == ("terminate", "k", KILLED)
+        callback.on_trial_start(0, [trial], trial)  # stopped: opens nothing more
+        assert [op for op in writer.ops if op[0] == "open"] == [("open", "k", {"dab.attempts": "1"})]
+        assert status.events[-1] == ("stopped", "k", "killed")
+    finally:
+        callback.unregister()
+
+
+def test_a_restored_tuner_gets_the_live_callback_back_by_its_token() -> None:
+    callback, _, _ = _callback({}, token="t-pickle")
+    try:
+        assert pickle.loads(pickle.dumps(callback)) is callback
+        # A Tune experiment pickled by the single-module workers.tracking of earlier versions.
+        old = b"cworkers.tracking\n_restore_callback\n(Vt-pickle\ntR."
+        assert pickle.loads(old) is callback
+    finally:
+        callback.unregister()
+    gone = pickle.loads(pickle.dumps(callback))  # no live tracker: a callback that logs nothing
+    assert type(gone) is Callback

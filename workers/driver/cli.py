@@ -1,0 +1,103 @@
+"""The driver's command line: ``python -m workers.driver SPEC --sweep-dir DIR ...``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from workers.driver.sweep import EXIT_USAGE, SweepDirError, run_sweep
+from workers.driver.tuner import DEFAULT_CHECKPOINTS_TO_KEEP
+
+DESCRIPTION = "The sweep driver: runs a spec's trials on Ray Tune with each trial tracked in MLflow."
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m workers.driver", description=DESCRIPTION)
+    p.add_argument("spec", help="sweep spec file (YAML or JSON)")
+    p.add_argument("--sweep-dir", required=True, help="the sweep's directory (status, Tune storage)")
+    p.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("DAB_MLFLOW_TRACKING_URI") or os.environ.get("MLFLOW_TRACKING_URI"),
+        help="MLflow tracking URI: sqlite:///path or http(s)://server (env DAB_MLFLOW_TRACKING_URI)",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=os.environ.get("DAB_RAY_ADDRESS") or None,
+        help="Ray cluster address (env DAB_RAY_ADDRESS); default: RAY_ADDRESS or a local Ray",
+    )
+    p.add_argument(
+        "--sweep-id",
+        default=None,
+        help="sweep id, which names its MLflow experiment dab/<id> (default: the sweep dir's name)",
+    )
+    p.add_argument(
+        "--artifact-root",
+        default=os.environ.get("DAB_MLFLOW_ARTIFACT_ROOT") or None,
+        help="root URI of the sweep's MLflow artifacts (env DAB_MLFLOW_ARTIFACT_ROOT); default: beside a "
+        "sqlite store, or the tracking server's",
+    )
+    p.add_argument("--num-cpus", type=float, default=None, help="CPUs of a local Ray this driver starts")
+    p.add_argument("--checkpoints-to-keep", type=int, default=DEFAULT_CHECKPOINTS_TO_KEEP)
+    p.add_argument(
+        "--keep-tune-checkpoints",
+        action="store_true",
+        help="keep finished trials' checkpoints in Tune's storage (default: the MLflow artifact is the copy)",
+    )
+    p.add_argument("-v", "--verbose", type=int, default=1, help="Tune verbosity 0-3 (default 1)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.tracking_uri:
+        print("error: --tracking-uri (or DAB_MLFLOW_TRACKING_URI) is required", file=sys.stderr)
+        return EXIT_USAGE
+    from workers.spec import SpecError, SweepSuite, expand, load_spec
+
+    try:
+        spec = load_spec(args.spec)
+        if isinstance(spec, SweepSuite):
+            names = ", ".join(s.name for _, s in spec.specs)
+            print(
+                f"error: {args.spec} is a suite ({names}); the driver runs one sweep: submit each spec on its own",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        trials = expand(spec)
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.sweep_id is None:
+        # Standalone use: the id is derived, so running this again on DIR continues the sweep.
+        print(f"sweep id: {Path(args.sweep_dir).resolve().name} (the sweep directory's name)", flush=True)
+    try:
+        outcome = run_sweep(
+            spec,
+            trials,
+            sweep_dir=args.sweep_dir,
+            tracking_uri=args.tracking_uri,
+            sweep_id=args.sweep_id,
+            ray_address=args.ray_address,
+            artifact_root=args.artifact_root,
+            num_cpus=args.num_cpus,
+            checkpoints_to_keep=args.checkpoints_to_keep,
+            verbose=args.verbose,
+            prune_checkpoints=not args.keep_tune_checkpoints,
+        )
+    except SweepDirError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    print(
+        f"sweep {outcome.sweep_id}: {outcome.state}; ran {len(outcome.ran)}, skipped {len(outcome.skipped)}, "
+        f"finished {len(outcome.finished)}, failed {len(outcome.failed)}, killed {len(outcome.killed)} "
+        f"({outcome.seconds:.1f} s)",
+        flush=True,
+    )
+    return outcome.exit_code

@@ -1,0 +1,385 @@
+"""One run of the sweep driver, start to end: see `workers.driver`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from workers._files import STATUS_FILE, TUNE_DIR, read_json, sweep_lock
+from workers.driver.signals import Live, SignalState, stop_on_signals
+from workers.driver.tuner import DEFAULT_CHECKPOINTS_TO_KEEP, build_tuner, ensure_ray, tune_env
+
+log = logging.getLogger("workers.driver")
+
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
+_SKIP_REASON = "already has a FINISHED MLflow run"
+
+
+@dataclass
+class SweepOutcome:
+    """What a driver run did. `exit_code` is 0 only when every trial of the spec is FINISHED."""
+
+    sweep_id: str
+    state: str  # finished | failed | interrupted
+    experiment_id: str
+    parent_run_id: str
+    ran: list[str] = field(default_factory=list)  # trial keys handed to Tune
+    skipped: list[str] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)  # finished by this run
+    failed: list[str] = field(default_factory=list)
+    killed: list[str] = field(default_factory=list)
+    not_run: list[str] = field(default_factory=list)
+    tune_experiment: str | None = None
+    restored: bool = False
+    signal: int | None = None
+    tracking_errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        if self.state == "finished":
+            return EXIT_OK
+        if self.signal is not None:
+            return 128 + self.signal
+        return EXIT_INCOMPLETE
+
+
+class SweepDirError(ValueError):
+    """The sweep directory belongs to another sweep than the one asked for."""
+
+
+def sweep_id_for(sweep_dir: Path, given: str | None) -> str:
+    """The sweep's id: `given` (the service passes its own), else the sweep directory's name.
+
+    Derived, never generated and kept: a standalone driver started again on the same
+    directory gets the same id, hence the same MLflow experiment and parent run, with no file
+    recording them. A previous driver's ``status.json`` names the sweep it ran; a different id
+    for the same directory is refused, since it would track the Tune state of one sweep in the
+    MLflow experiment of another.
+    """
+    sid = given or sweep_dir.name
+    previous = read_json(sweep_dir / STATUS_FILE)
+    known = previous.get("sweep_id") if isinstance(previous, dict) else None
+    if known and known != sid:
+        raise SweepDirError(
+            f"{sweep_dir} belongs to sweep {known!r}, not {sid!r}: pass --sweep-id {known} "
+            "or use another sweep directory"
+        )
+    return sid
+
+
+def parent_tags(spec: Any, trials: Sequence[Any], sweep_id: str) -> dict[str, str]:
+    from workers.tracking import (
+        MLFLOW_GIT_COMMIT,
+        TAG_FAMILY,
+        TAG_GIT_COMMIT,
+        TAG_SPEC_NAME,
+        TAG_TRIAL_COUNT,
+        TAG_VERSION,
+        git_commit,
+        package_version,
+    )
+
+    tags = {
+        TAG_SPEC_NAME: spec.name,
+        TAG_FAMILY: spec.experiment,
+        TAG_TRIAL_COUNT: str(len(trials)),
+        TAG_VERSION: package_version(),
+        TAG_GIT_COMMIT: git_commit(),
+        MLFLOW_GIT_COMMIT: git_commit(),
+        "dab.metric": str(getattr(spec, "metric", "") or ""),
+        "dab.mode": str(getattr(spec, "mode", "") or ""),
+    }
+    if getattr(spec, "description", ""):
+        tags["mlflow.note.content"] = spec.description
+    return tags
+
+
+def _requested_resources(spec: Any) -> dict[str, float | None]:
+    res = spec.resources
+    memory_gb = getattr(res, "memory_gb", None)
+    return {
+        "cpu": float(res.cpu),
+        "gpu": float(getattr(res, "gpu", 0.0) or 0.0),
+        "memory": float(memory_gb) * 2**30 if memory_gb else None,
+    }
+
+
+def run_sweep(
+    spec: Any,
+    trials: Sequence[Any],
+    *,
+    sweep_dir: str | os.PathLike[str],
+    tracking_uri: str,
+    sweep_id: str | None = None,
+    ray_address: str | None = None,
+    artifact_root: str | None = None,
+    num_cpus: float | None = None,
+    checkpoints_to_keep: int = DEFAULT_CHECKPOINTS_TO_KEEP,
+    verbose: int = 0,
+    linger_s: float = 0.25,
+    prune_checkpoints: bool = True,
+) -> SweepOutcome:
+    """Run `trials` (the expansion of `spec`) as one sweep; see the module docstring.
+
+    Args:
+        spec: a `workers.spec.SweepSpec` (name, experiment, resources, limits, metric, mode).
+        trials: its `workers.spec.Trial` list.
+        sweep_dir: the sweep's directory (status, Tune storage, lock); created if missing.
+        tracking_uri: MLflow tracking URI (``sqlite:///...`` or ``http(s)://...``).
+        sweep_id: the sweep's id (default: the sweep directory's name; see `sweep_id_for`).
+        ray_address: a Ray cluster to join; None joins ``RAY_ADDRESS`` or starts a local Ray
+            (with `num_cpus`). An already initialised Ray in this process is used as it is.
+        artifact_root: where the sweep's MLflow artifacts go (default: beside a sqlite store).
+        checkpoints_to_keep: Tune's ``CheckpointConfig(num_to_keep)`` per running trial.
+        prune_checkpoints: delete a finished trial's checkpoints from Tune's storage once its
+            final checkpoint is an MLflow artifact.
+    """
+    from workers._status import SweepStatus
+    from workers.tracking import (
+        FINISHED,
+        KILLED,
+        PARENT,
+        TAG_SKIPPED,
+        TAG_SKIPPED_COUNT,
+        MlflowWriter,
+        SweepTracker,
+        trial_run_spec,
+        truncate,
+    )
+
+    t0 = time.monotonic()
+    sweep_path = Path(sweep_dir).resolve()
+    sweep_path.mkdir(parents=True, exist_ok=True)
+    sid = sweep_id_for(sweep_path, sweep_id)
+    keys = [t.trial_key for t in trials]
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"trials with identical configs (trial_key {dup[0]}): a sweep runs each config once")
+
+    with sweep_lock(sweep_path):
+        tracker = SweepTracker(tracking_uri, sid, artifact_root)
+        # The ids are MLflow's: found by the sweep id (or created) here, never kept in a file.
+        experiment_id = tracker.ensure_experiment()
+        parent_id = tracker.ensure_parent(parent_tags(spec, trials, sid), run_name=spec.name)
+        runs = tracker.child_runs()
+        tracker.end_interrupted(runs)
+
+        status = SweepStatus(
+            sweep_path,
+            {
+                "sweep_id": sid,
+                "name": spec.name,
+                "tracking_uri": tracking_uri,
+                "tune_experiment": None,
+            },
+        )
+        status.add_trials(trials, runs)
+        pending = []
+        skipped = []
+        for trial in trials:
+            run = runs.get(trial.trial_key)
+            if run is not None and run.status == FINISHED:
+                status.skip(trial.trial_key, _SKIP_REASON, run.run_id)
+                skipped.append(trial.trial_key)
+            else:
+                pending.append(trial)
+        tracker.client.set_tag(parent_id, TAG_SKIPPED_COUNT, str(len(skipped)))
+        tracker.client.set_tag(parent_id, TAG_SKIPPED, truncate(",".join(skipped), 8000)[0])
+        status.write()
+
+        outcome = SweepOutcome(
+            sweep_id=sid,
+            state="failed",
+            experiment_id=experiment_id,
+            parent_run_id=parent_id,
+            ran=[t.trial_key for t in pending],
+            skipped=skipped,
+        )
+        writer = MlflowWriter(
+            tracker.client,
+            experiment_id,
+            {**{k: r.run_id for k, r in runs.items()}, PARENT: parent_id},
+            linger_s=linger_s,
+        ).start()
+        holder = Live()
+        error: BaseException | None = None
+
+        def on_stop(signum: int) -> None:
+            # Ray Job stop: SIGTERM, then SIGKILL a few seconds later. End the runs first.
+            reason = f"driver stopped by {signal.Signals(signum).name}"
+            if holder.callback is not None:
+                holder.callback.stop(KILLED, reason)
+            writer.flush(timeout=2.0)
+            status.set(state="interrupted")
+            status.write()
+
+        signals = SignalState()
+        try:
+            with stop_on_signals(on_stop, signals):
+                if pending:
+                    tune_path, restored = _run_tune(
+                        spec,
+                        pending,
+                        sweep_path=sweep_path,
+                        writer=writer,
+                        status=status,
+                        runs=runs,
+                        run_spec=lambda t: trial_run_spec(
+                            t, sweep_id=sid, parent_run_id=parent_id, family=spec.experiment
+                        ),
+                        token=f"dab-sweep:{sid}",
+                        prune_checkpoints=prune_checkpoints,
+                        ray_address=ray_address,
+                        num_cpus=num_cpus,
+                        checkpoints_to_keep=checkpoints_to_keep,
+                        verbose=verbose,
+                        signals=signals,
+                        live=holder,
+                    )
+                    outcome.tune_experiment = str(tune_path)
+                    outcome.restored = restored
+        except KeyboardInterrupt:
+            # Our SIGTERM handler outside Tune, or Ctrl-C: the runs are ended below, and the
+            # caller gets the outcome (state "interrupted") rather than a traceback.
+            signals.received = signals.received or signal.SIGINT
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            outcome.signal = signals.received
+            _finish(outcome, status, writer, tracker, holder.callback, error)
+            if holder.callback is not None:
+                holder.callback.unregister()
+            if holder.started_ray:
+                import ray
+
+                ray.shutdown()
+            outcome.seconds = time.monotonic() - t0
+    return outcome
+
+
+def _run_tune(
+    spec: Any,
+    pending: Sequence[Any],
+    *,
+    sweep_path: Path,
+    writer: Any,
+    status: Any,
+    runs: Mapping[str, Any],
+    run_spec: Callable[[Any], Any],
+    token: str,
+    prune_checkpoints: bool,
+    ray_address: str | None,
+    num_cpus: float | None,
+    checkpoints_to_keep: int,
+    verbose: int,
+    signals: SignalState,
+    live: Live,
+) -> tuple[Path, bool]:
+    import ray
+
+    from dab_core.experiments import parse_config
+    from workers.tracking import TrackingCallback
+    from workers.trainable import make_trainable, resolve_resources
+
+    for trial in pending:  # a bad config fails the sweep before any compute
+        parse_config(trial.config)
+    live.started_ray = ensure_ray(ray_address, num_cpus)
+    signals.install()
+    tune_env()
+    resources, notes = resolve_resources(_requested_resources(spec), ray.cluster_resources())
+    for note in notes:
+        log.warning(note)
+        status.note(note)
+    callback = TrackingCallback(
+        writer=writer,
+        status=status,
+        run_specs={t.trial_key: run_spec(t) for t in pending},
+        last_steps={t.trial_key: runs[t.trial_key].last_step for t in pending if t.trial_key in runs},
+        token=token,
+        prune_checkpoints=prune_checkpoints,
+    )
+    live.callback = callback
+    keys = [t.trial_key for t in pending]
+    trainable = make_trainable({t.trial_key: t.config for t in pending}, resources, run_keys=keys)
+    tuner, path, restored = build_tuner(
+        trainable,
+        keys,
+        tune_root=sweep_path / TUNE_DIR,
+        callbacks=[callback],
+        max_failures=spec.limits.max_failures,
+        max_concurrent=spec.limits.max_concurrent,
+        checkpoints_to_keep=checkpoints_to_keep,
+        verbose=verbose,
+    )
+    status.set(tune_experiment=str(path), resources=resources)
+    status.write()
+    log.info("%s Tune experiment %s for %d trial(s)", "restored" if restored else "new", path, len(keys))
+    signals.in_fit = True
+    try:
+        tuner.fit()
+    finally:
+        signals.in_fit = False
+    return path, restored
+
+
+def _finish(
+    outcome: SweepOutcome,
+    status: Any,
+    writer: Any,
+    tracker: Any,
+    callback: Any,
+    error: BaseException | None,
+) -> None:
+    """End every open run with the right status, write the final status, end the parent run."""
+    from workers.tracking import FAILED, FINISHED, KILLED, set_run_tags
+
+    interrupted = outcome.signal is not None or isinstance(error, KeyboardInterrupt | SystemExit)
+    if callback is not None:
+        if interrupted:
+            reason = f"driver stopped by {signal.Signals(outcome.signal or signal.SIGINT).name}"
+            callback.stop(KILLED, reason)
+        elif error is not None:
+            callback.stop(FAILED, f"driver error: {type(error).__name__}: {error}")
+        else:  # Tune returned with trials unended: it was stopped (e.g. a SIGINT it handled)
+            if callback.stop(KILLED, "Tune stopped before the trial ended"):
+                interrupted = True
+    if not writer.close(timeout=120):
+        log.error("MLflow writer did not finish within 120 s; some writes may be missing")
+    status.set_run_ids({k: writer.run_id(k) for k in status.states()})
+    states = status.states()
+    outcome.finished = sorted(k for k in outcome.ran if states.get(k) == "finished")
+    outcome.failed = sorted(k for k, s in states.items() if s == "failed")
+    outcome.killed = sorted(k for k, s in states.items() if s == "killed")
+    outcome.not_run = sorted(k for k, s in states.items() if s == "pending")
+    outcome.tracking_errors = list(writer.errors)
+    complete = all(s in ("finished", "skipped") for s in states.values())
+    if complete and error is None and not writer.errors:
+        outcome.state, parent_status = "finished", FINISHED
+    elif interrupted:
+        outcome.state, parent_status = "interrupted", KILLED
+    else:
+        outcome.state, parent_status = "failed", FAILED
+    status.set(
+        state=outcome.state,
+        finished_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+        tracking_errors=outcome.tracking_errors,
+    )
+    status.write()
+    try:
+        counts = status.data["counts"]
+        set_run_tags(
+            tracker.client, outcome.parent_run_id, {f"dab.count.{k}": str(v) for k, v in counts.items()}
+        )
+        tracker.client.set_terminated(outcome.parent_run_id, parent_status)
+    except Exception as e:  # the trials' runs are ended already; say so and move on
+        log.error("could not end the parent run %s: %s", outcome.parent_run_id, e)
+        outcome.tracking_errors.append(f"parent run: {e}")

@@ -1,0 +1,140 @@
+"""Ray and Tune set-up of the driver: joining or starting Ray, and building or restoring the Tuner."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from workers._files import TUNE_TRIALS_FILE, atomic_write_json, read_json
+
+log = logging.getLogger("workers.driver")
+
+DEFAULT_CHECKPOINTS_TO_KEEP = 2
+
+
+def ensure_ray(address: str | None, num_cpus: float | None = None, attempts: int = 4) -> bool:
+    """Connect to Ray (or start a local one); True when this call did it (then shut it down).
+
+    A driver killed a moment ago leaves its local Ray's agent processes behind (here for over
+    a minute); starting a new local Ray then can fail on a port or socket they still hold, so
+    the start is retried with a pause instead of failing the restarted sweep.
+
+    Ray 2.60 clusters use token auth; Ray never sends the local token to an explicit address on
+    its own, so a driver given an address needs ``RAY_AUTH_MODE=token`` and the cluster's token
+    (``RAY_AUTH_TOKEN`` or ``~/.ray/auth_token``) in its environment, as a Ray Job has.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    delay = 2.0
+    for attempt in range(1, attempts + 1):
+        try:
+            if address:
+                ray.init(address=address, logging_level=logging.WARNING)
+            else:
+                try:
+                    ray.init(num_cpus=int(num_cpus) if num_cpus else None, **kwargs)
+                except ValueError as e:  # RAY_ADDRESS names a cluster: its CPUs are its own
+                    if "existing cluster" not in str(e):
+                        raise
+                    ray.init(**kwargs)
+            return True
+        except (ConnectionError, RuntimeError, TimeoutError) as e:
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            if attempt == attempts:
+                raise
+            log.warning("starting Ray failed (%s); retrying in %.0fs", e, delay)
+            time.sleep(delay)
+            delay *= 2
+    return False  # pragma: no cover
+
+
+def tune_env() -> None:
+    # MLflow is the record of every result: Tune's own JSON/CSV/TensorBoard loggers would only
+    # write it a second time. The "excessive snapshot" warning fires by design with
+    # CheckpointConfig(num_to_keep) and short trials.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+
+
+def _restorable(tune_root: Path, keys: set[str]) -> Path | None:
+    """The newest Tune experiment under `tune_root` built for a superset of `keys`, if any."""
+    from ray import tune
+
+    if not tune_root.is_dir():
+        return None
+    candidates = []
+    for path in tune_root.iterdir():
+        meta = read_json(path / TUNE_TRIALS_FILE)
+        if isinstance(meta, dict) and keys <= set(meta.get("trial_keys", [])):
+            candidates.append((str(meta.get("created_at", "")), path))
+    for _, path in sorted(candidates, reverse=True):
+        if tune.Tuner.can_restore(str(path)):
+            return path
+    return None
+
+
+def _new_experiment_name(keys: Sequence[str]) -> str:
+    digest = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:8]
+    return f"run-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{digest}"
+
+
+def build_tuner(
+    trainable: Any,
+    keys: Sequence[str],
+    *,
+    tune_root: Path,
+    callbacks: Sequence[Any],
+    max_failures: int,
+    max_concurrent: int | None,
+    checkpoints_to_keep: int = DEFAULT_CHECKPOINTS_TO_KEEP,
+    verbose: int = 0,
+) -> tuple[Any, Path, bool]:
+    """A Tuner for `keys`: the sweep's restorable Tune experiment for them, or a new one.
+
+    Returns:
+        (tuner, experiment path, restored)
+    """
+    from ray import tune
+
+    from workers.trainable import TRIAL_KEY, trial_dirname, trial_name
+
+    path = _restorable(tune_root, set(keys))
+    if path is not None:
+        tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, restart_errored=True)
+        return tuner, path, True
+    path = tune_root / _new_experiment_name(keys)
+    atomic_write_json(
+        path / TUNE_TRIALS_FILE,
+        {"trial_keys": list(keys), "created_at": datetime.now(UTC).isoformat()},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={TRIAL_KEY: tune.grid_search(list(keys))},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=max_concurrent,
+            reuse_actors=True,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=path.name,
+            storage_path=str(tune_root),
+            callbacks=list(callbacks),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep),
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            verbose=verbose,
+        ),
+    )
+    return tuner, path, False
