@@ -280,7 +280,7 @@ def cancel_sweep(sweep_id: str, state: StateDep) -> SweepPublic:
 
 
 def _results(
-    state: Any, sweep: Sweep, metrics: list[str], agg: str, reference: str | None
+    state: Any, sweep: Sweep, metrics: list[str], agg: Literal["final", "best"] | None, reference: str | None
 ) -> tuple[SweepSpec, list[Any], dict[str, Any], dict[str, Any]]:
     spec, trials = state.manager.trials.get(sweep.id, sweep.spec)
     cells = {t.cell_key for t in trials}
@@ -328,8 +328,9 @@ async def get_results(
         Query(description="metrics to aggregate (default: the spec's)", max_length=50),
     ] = None,
     agg: Annotated[
-        Literal["final", "best"], Query(description="each run's last value, or its best")
-    ] = "final",
+        Literal["final", "best"] | None,
+        Query(description="each run's last value, or its best (default: each metric's declared agg)"),
+    ] = None,
     reference: Annotated[
         str | None,
         Query(description="cell_key the p-values compare against (default: the first cell)", max_length=2000),
@@ -397,13 +398,14 @@ def _report(state: Any, sweep: Sweep) -> dict[str, Any]:
     from service.report import build_report
 
     def compute() -> dict[str, Any]:
-        spec, trials, runs, res = _results(state, sweep, [spec_metric(sweep)], "final", None)
+        spec, trials = state.manager.trials.get(sweep.id, sweep.spec)
+        runs = _runs(state, sweep, _experiment_id(state, sweep))
 
         def history(run_id: str, metric: str) -> list[tuple[float, float]]:
             hist = state.mlflow_client().get_metric_history(run_id, metric)
             return sorted((float(m.step), m.value) for m in hist)
 
-        markdown, figures = build_report(sweep.id, spec, trials, runs, res, to_markdown(res), history)
+        markdown, figures = build_report(sweep.id, spec, trials, runs, history)
         artifact_path = None
         parent = sweep.parent_run_id or (state.manager.status.read(sweep.sweep_dir) or {}).get(
             "parent_run_id"
