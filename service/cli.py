@@ -287,8 +287,8 @@ def _metric_text(res: dict[str, Any], metric: str) -> tuple[str, float]:
     info = (res.get("metric_info") or {}).get(metric) or {}
     pct = info.get("unit") == "fraction"
     agg = info.get("agg") or res.get("agg") or "final"
-    read = "final" if agg == "final" else ("max" if info.get("mode", "max") == "max" else "min") + " of run"
-    return f"{info.get('display') or metric}{' (%)' if pct else ''} [{read}]", 100.0 if pct else 1.0
+    read = "final" if agg == "final" else "run " + ("max" if info.get("mode", "max") == "max" else "min")
+    return escape(f"{info.get('display') or metric}{' (%)' if pct else ''}, {read}"), 100.0 if pct else 1.0
 
 
 def _results_table(res: dict[str, Any]) -> Table:
@@ -310,7 +310,7 @@ def _results_table(res: dict[str, Any]) -> Table:
                     f" ± {m['paper']['std'] * s:g}" if m["paper"]["std"] is not None else ""
                 )
             table.add_row(
-                c["cell_key"] or "(params only)",
+                escape(c["cell_key"]) or "(params only)",
                 name,
                 mean,
                 f"{m['n']}/{c['expected']}",
