@@ -25,12 +25,13 @@ import io
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dab_core.experiments import metrics_of
-from dab_core.metrics import Agg, Metric, resolve
 from workers.aggregate import CellSummary, aggregate, format_value
 from workers.spec import SweepSpec, Trial, paper_values
+
+if TYPE_CHECKING:  # dab_core imports torch: importing the results must not
+    from dab_core.metrics import Agg, Metric
 
 #: ``history(run_id, metric)``: the run's logged values of `metric`, in step order, either as
 #: values or as ``(step, value)`` pairs (the report's form).
@@ -107,6 +108,9 @@ def _num(x: float) -> float | None:
 def declarations(spec: SweepSpec, metrics: Sequence[str], agg: Agg | None = None) -> dict[str, Metric]:
     """Each of `metrics` as these results read it: its family's declaration, with the spec's
     ``mode`` over it for the spec's own metric and `agg` (when given) over every one's agg."""
+    from dab_core.experiments import metrics_of
+    from dab_core.metrics import resolve
+
     declared = metrics_of(spec.experiment)
     return {
         name: resolve(declared, name, mode=spec.mode if name == spec.metric else None, agg=agg)
