@@ -112,6 +112,13 @@ def declarations(spec: SweepSpec, metrics: Sequence[str], agg: Agg | None = None
     from dab_core.metrics import resolve
 
     declared = metrics_of(spec.experiment)
+    if not all(metrics):
+        from service.core.errors import InvalidRequestError
+
+        raise InvalidRequestError(
+            f"a metric name is empty; {spec.experiment} declares: {', '.join(declared.names())}",
+            field="metric",
+        )
     return {
         name: resolve(declared, name, mode=spec.mode if name == spec.metric else None, agg=agg)
         for name in metrics

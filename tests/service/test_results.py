@@ -298,3 +298,12 @@ def test_a_toy_family_gets_its_own_metric_lower_is_better_and_raw(toy: Any) -> N
         (repr(statistics.fmean([0.25, 0.35])), "raw", "toy error"),
         (repr(statistics.fmean([2.25, 2.35])), "raw", "toy error"),
     ]
+
+
+def test_an_empty_metric_name_is_a_request_error() -> None:
+    from service.core.errors import InvalidRequestError
+
+    spec, trials, fake, _ = _sorting()
+    with pytest.raises(InvalidRequestError, match="test_all_or_none") as e:
+        compute_results(spec, trials, fake.runs, metrics=[""], history=fake.history)
+    assert e.value.field == "metric" and e.value.status_code == 422
