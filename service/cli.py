@@ -281,9 +281,19 @@ def _wait(api: ApiClient, sweep_id: str, poll_s: float = 1.0) -> dict[str, Any]:
             time.sleep(poll_s)
 
 
+def _metric_text(res: dict[str, Any], metric: str) -> tuple[str, float]:
+    """A metric's display name and how its runs were read, and its display scale, from the
+    results' ``metric_info`` (the family's declaration, sent by the service)."""
+    info = (res.get("metric_info") or {}).get(metric) or {}
+    pct = info.get("unit") == "fraction"
+    agg = info.get("agg") or res.get("agg") or "final"
+    read = "final" if agg == "final" else "run " + ("max" if info.get("mode", "max") == "max" else "min")
+    return escape(f"{info.get('display') or metric}{' (%)' if pct else ''}, {read}"), 100.0 if pct else 1.0
+
+
 def _results_table(res: dict[str, Any]) -> Table:
     table = Table(
-        title=f"results ({res['agg']} values; mean ± std over seeds)",
+        title="results (mean ± std over seeds of each run's value: its final one, or its max or min)",
         title_justify="left",
         box=box.SIMPLE_HEAD,
     )
@@ -291,18 +301,17 @@ def _results_table(res: dict[str, Any]) -> Table:
         table.add_column(col, justify="left" if col in ("cell", "metric") else "right")
     for c in res["cells"]:
         for metric, m in c["metrics"].items():
-            pct = any(w in metric for w in ("accuracy", "all_or_none", "per_position", "ms_ssim"))
-            s = 100.0 if pct else 1.0
-            unit = " %" if pct else ""
-            mean = "n/a" if m["mean"] is None else f"{m['mean'] * s:.2f} ± {(m['std'] or 0) * s:.2f}{unit}"
+            name, s = _metric_text(res, metric)
+            f = ".2f" if s != 1.0 else ".4g"
+            mean = "n/a" if m["mean"] is None else f"{m['mean'] * s:{f}} ± {(m['std'] or 0) * s:{f}}"
             paper = ""
             if m.get("paper"):
                 paper = f"{m['paper']['value'] * s:g}" + (
                     f" ± {m['paper']['std'] * s:g}" if m["paper"]["std"] is not None else ""
                 )
             table.add_row(
-                c["cell_key"] or "(params only)",
-                metric,
+                escape(c["cell_key"]) or "(params only)",
+                name,
                 mean,
                 f"{m['n']}/{c['expected']}",
                 "" if m["min"] is None else f"{m['min'] * s:.4g}",
@@ -429,7 +438,9 @@ def results(
     metric: Annotated[
         list[str] | None, typer.Option(help="metric(s) to aggregate (default: the spec's)")
     ] = None,
-    agg: Annotated[str, typer.Option(help="final or best value of each run")] = "final",
+    agg: Annotated[
+        str | None, typer.Option(help="final or best value of each run (default: each metric's declared)")
+    ] = None,
     reference: Annotated[str | None, typer.Option(help="cell the p-values compare against")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, json, csv or markdown")] = "table",
     api_url: ApiUrl = DEFAULT_API_URL,
@@ -440,7 +451,9 @@ def results(
             f"[bold red]error:[/] --format is table, json, csv or markdown, not {escape(fmt)!r}"
         )
         raise typer.Exit(EXIT_SPEC_ERROR)
-    params: dict[str, Any] = {"agg": agg, "format": "json" if fmt == "table" else fmt}
+    params: dict[str, Any] = {"format": "json" if fmt == "table" else fmt}
+    if agg:
+        params["agg"] = agg
     if metric:
         params["metric"] = metric
     if reference:

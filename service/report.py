@@ -14,8 +14,14 @@ Which parts a sweep gets is read from its trials' configs, not from its name:
   ``dab_loss_to_input``: a bar per cell with one std.
 * ``curves.png`` (every sweep): the sweep metric against the step, mean over seeds per cell.
 
-Figures are drawn with matplotlib's Agg backend (no display) and logged, with the Markdown, as
-artifacts of the sweep's parent run under ``report/``.
+Every table and figure reads the sweep's metric as its family declares it (`dab_core.metrics`):
+its display name, its unit (fractions in percent) and its aggregation, so that Table 1 and
+Figure 3 read each run's maximum all-or-none accuracy, as the paper reports them ("The mean and
+standard deviation of the maximum test all-or-none accuracy are reported over 5 runs", Figure
+3's caption). Each table and figure says which aggregation it read.
+
+The data a figure is drawn from is returned by its ``*_series`` function, so tests read the
+numbers rather than the pixels. Figures are drawn with matplotlib's Agg backend (no display).
 """
 
 from __future__ import annotations
@@ -25,20 +31,39 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from service.results import is_fraction
+from service.results import aggregation_text, compute_results, label, to_markdown
 from workers.spec import SweepSpec, Trial
 
 MODEL_NAMES = {"signum-rnn": "Signum-RNN", "signum-dense": "Signum-Dense", "elu-dense": "ELU-Dense"}
 
+#: ``history(run_id, metric)``: the run's ``(step, value)`` pairs of `metric`, sorted by step.
+StepHistory = Callable[[str, str], list[tuple[float, float]]]
+#: label -> ``(x, mean, std)`` points, in display units.
+Series = dict[str, list[tuple[float, float, float]]]
 
-def _fmt(m: Mapping[str, Any], pct: bool) -> str:
+
+def _info(results: Mapping[str, Any], metric: str) -> dict[str, Any]:
+    return dict(results["metric_info"][metric])
+
+
+def _scale(info: Mapping[str, Any]) -> float:
+    return 100.0 if info["unit"] == "fraction" else 1.0
+
+
+def _fmt(m: Mapping[str, Any], info: Mapping[str, Any]) -> str:
     if not m or m.get("mean") is None:
         return "n/a"
-    s = 100.0 if pct else 1.0
-    text = f"{m['mean'] * s:.2f} ± {(m['std'] or 0) * s:.2f}"
+    s = _scale(info)
+    spec = ".2f" if info["unit"] == "fraction" else ".4g"
+    text = f"{m['mean'] * s:{spec}} ± {(m['std'] or 0) * s:{spec}}"
     if m.get("paper"):
         text += f" (paper {m['paper']['value'] * s:g})"
     return text
+
+
+def _caption(results: Mapping[str, Any], metric: str) -> str:
+    info = _info(results, metric)
+    return f"{label(info)}, {aggregation_text(info)}, mean ± std over seeds"
 
 
 def _by_cell(results: Mapping[str, Any], metric: str) -> dict[str, dict[str, Any]]:
@@ -53,46 +78,49 @@ def _configs(trials: Sequence[Trial]) -> dict[str, dict[str, Any]]:
 
 
 def table1_rows(spec: SweepSpec, trials: Sequence[Trial], results: Mapping[str, Any]) -> str | None:
+    """Table 1 (sorting): a row per model (and ponder steps), a column per T."""
     if spec.experiment != "sorting":
         return None
-    metric, pct = spec.resolved_metric, is_fraction(spec.resolved_metric)
+    metric = spec.resolved_metric
+    info = _info(results, metric)
     cfg = _configs(trials)
     stats = _by_cell(results, metric)
     ts = sorted({c["seq_len"] for c in cfg.values()})
     models: dict[str, dict[int, dict[str, Any]]] = {}
     for key, c in cfg.items():
-        label = MODEL_NAMES.get(c["model"], c["model"])
+        name = MODEL_NAMES.get(c["model"], c["model"])
         if c.get("ponder_steps"):
-            label += f" (ponder {c['ponder_steps']})"
-        models.setdefault(label, {})[c["seq_len"]] = stats.get(key, {})
-    unit = " (%)" if pct else ""
+            name += f" (ponder {c['ponder_steps']})"
+        models.setdefault(name, {})[c["seq_len"]] = stats.get(key, {})
     lines = [
-        f"Table 1: {metric}{unit}, mean ± std over seeds (paper's value where known)",
+        f"Table 1: {_caption(results, metric)} (paper's value where known)",
         "",
         "| model | " + " | ".join(f"T={t}" for t in ts) + " |",
         "|---|" + "---|" * len(ts),
     ]
-    for label, row in models.items():
-        lines.append(f"| {label} | " + " | ".join(_fmt(row.get(t, {}), pct) for t in ts) + " |")
+    for name, row in models.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(row.get(t, {}), info) for t in ts) + " |")
     return "\n".join(lines)
 
 
 def table2_rows(spec: SweepSpec, trials: Sequence[Trial], results: Mapping[str, Any]) -> str | None:
+    """Table 2 (classification): a row per cell, Baseline for the identity estimator."""
     if spec.experiment != "classification":
         return None
-    metric, pct = spec.resolved_metric, is_fraction(spec.resolved_metric)
+    metric = spec.resolved_metric
+    info = _info(results, metric)
     cfg = _configs(trials)
     stats = _by_cell(results, metric)
     lines = [
-        f"Table 2: {metric}{' (%)' if pct else ''}, mean ± std over seeds (paper's value where known)",
+        f"Table 2: {_caption(results, metric)} (paper's value where known)",
         "",
-        "| hard function | estimator | placement | accuracy |",
+        f"| hard function | estimator | placement | {info['display']} |",
         "|---|---|---|---|",
     ]
     for key, c in cfg.items():
-        label = "Baseline" if c.get("estimator") == "identity" else str(c.get("hard"))
+        name = "Baseline" if c.get("estimator") == "identity" else str(c.get("hard"))
         lines.append(
-            f"| {label} | {c.get('estimator')} | {c.get('placement')} | {_fmt(stats.get(key, {}), pct)} |"
+            f"| {name} | {c.get('estimator')} | {c.get('placement')} | {_fmt(stats.get(key, {}), info)} |"
         )
     return "\n".join(lines)
 
@@ -115,13 +143,10 @@ def _plt() -> Any:
     return plt
 
 
-def _line_figure(
-    title: str, xlabel: str, ylabel: str, series: Mapping[str, list[tuple[float, float, float]]]
-) -> bytes:
+def _line_figure(title: str, xlabel: str, ylabel: str, series: Series) -> bytes:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, pts in series.items():
-        pts = sorted(p for p in pts if not math.isnan(p[1]))
+    for name, pts in series.items():
         if pts:
             ax.errorbar(
                 [p[0] for p in pts],
@@ -129,7 +154,7 @@ def _line_figure(
                 yerr=[p[2] for p in pts],
                 marker="o",
                 capsize=3,
-                label=label,
+                label=name,
             )
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
@@ -137,84 +162,143 @@ def _line_figure(
     return _png(fig)
 
 
-def figure3(spec: SweepSpec, trials: Sequence[Trial], results: Mapping[str, Any]) -> bytes | None:
+def _series(
+    trials: Sequence[Trial],
+    results: Mapping[str, Any],
+    metric: str,
+    x: str,
+    line: Callable[[dict[str, Any]], str],
+) -> Series:
+    s = _scale(_info(results, metric))
+    stats = _by_cell(results, metric)
+    out: Series = {}
+    for key, c in _configs(trials).items():
+        m = stats.get(key, {})
+        if m.get("mean") is not None and not math.isnan(m["mean"]):
+            out.setdefault(line(c), []).append((float(c[x]), m["mean"] * s, (m["std"] or 0) * s))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def figure3_series(spec: SweepSpec, trials: Sequence[Trial], results: Mapping[str, Any]) -> Series | None:
+    """Figure 3's points: per T, (ponder steps, mean, std) of the metric in display units;
+    None unless the sweep is a sorting sweep over several ponder steps."""
     cfg = _configs(trials)
     if spec.experiment != "sorting" or len({c.get("ponder_steps") for c in cfg.values()}) < 2:
         return None
-    metric, s = spec.resolved_metric, 100.0 if is_fraction(spec.resolved_metric) else 1.0
-    stats = _by_cell(results, metric)
-    series: dict[str, list[tuple[float, float, float]]] = {}
-    for key, c in cfg.items():
-        m = stats.get(key, {})
-        if m.get("mean") is not None:
-            series.setdefault(f"T={c['seq_len']}", []).append(
-                (c["ponder_steps"], m["mean"] * s, (m["std"] or 0) * s)
-            )
-    return _line_figure("Figure 3: pondering", "ponder steps", metric, series)
+    return _series(trials, results, spec.resolved_metric, "ponder_steps", lambda c: f"T={c['seq_len']}")
 
 
-def figure4(spec: SweepSpec, trials: Sequence[Trial], results: Mapping[str, Any]) -> bytes | None:
+def figure3(spec: SweepSpec, trials: Sequence[Trial], results: Mapping[str, Any]) -> bytes | None:
+    series = figure3_series(spec, trials, results)
+    if series is None:
+        return None
+    info = _info(results, spec.resolved_metric)
+    return _line_figure(
+        f"Figure 3: pondering ({aggregation_text(info)})", "ponder steps", label(info), series
+    )
+
+
+def figure4_series(spec: SweepSpec, trials: Sequence[Trial], results: Mapping[str, Any]) -> Series | None:
+    """Figure 4's points: per variant, (bpp, mean, std); None unless a representation sweep
+    over several bpp."""
     cfg = _configs(trials)
     if spec.experiment != "representation" or len({c.get("bpp") for c in cfg.values()}) < 2:
         return None
-    metric = spec.resolved_metric
-    stats = _by_cell(results, metric)
-    series: dict[str, list[tuple[float, float, float]]] = {}
-    for key, c in cfg.items():
-        m = stats.get(key, {})
-        if m.get("mean") is not None:
-            series.setdefault(str(c.get("variant")), []).append((c["bpp"], m["mean"], m["std"] or 0))
-    return _line_figure(f"Figure 4: {c.get('dataset', '')}", "bits per pixel", metric, series)
+    return _series(trials, results, spec.resolved_metric, "bpp", lambda c: str(c.get("variant")))
 
 
-def figure6(spec: SweepSpec, trials: Sequence[Trial], results: Mapping[str, Any]) -> bytes | None:
+def figure4(spec: SweepSpec, trials: Sequence[Trial], results: Mapping[str, Any]) -> bytes | None:
+    series = figure4_series(spec, trials, results)
+    if series is None:
+        return None
+    info = _info(results, spec.resolved_metric)
+    dataset = next(iter(_configs(trials).values()), {}).get("dataset", "")
+    return _line_figure(
+        f"Figure 4: {dataset} ({aggregation_text(info)})", "bits per pixel", label(info), series
+    )
+
+
+def figure6_bars(
+    spec: SweepSpec, trials: Sequence[Trial], results: Mapping[str, Any]
+) -> list[tuple[str, float, float]] | None:
+    """Figure 6's bars: (cell_key, mean, std) in display units; None unless a classification
+    sweep over placement, estimator or dab_loss_to_input with a value in some cell."""
     axes = [a for a in ("placement", "estimator", "dab_loss_to_input") if a in spec.grid]
     if spec.experiment != "classification" or not axes:
         return None
-    metric, s = spec.resolved_metric, 100.0 if is_fraction(spec.resolved_metric) else 1.0
-    cells = [c for c in results["cells"] if c["metrics"].get(metric, {}).get("mean") is not None]
-    if not cells:
+    metric = spec.resolved_metric
+    s = _scale(_info(results, metric))
+    bars = [
+        (c["cell_key"], c["metrics"][metric]["mean"] * s, (c["metrics"][metric]["std"] or 0) * s)
+        for c in results["cells"]
+        if c["metrics"].get(metric, {}).get("mean") is not None
+    ]
+    return bars or None
+
+
+def figure6(spec: SweepSpec, trials: Sequence[Trial], results: Mapping[str, Any]) -> bytes | None:
+    bars = figure6_bars(spec, trials, results)
+    if bars is None:
         return None
+    info = _info(results, spec.resolved_metric)
+    axes = [a for a in ("placement", "estimator", "dab_loss_to_input") if a in spec.grid]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
-    labels = [c["cell_key"] for c in cells]
-    means = [c["metrics"][metric]["mean"] * s for c in cells]
-    stds = [(c["metrics"][metric]["std"] or 0) * s for c in cells]
-    ax.bar(range(len(cells)), means, yerr=stds, capsize=4)
-    ax.set_xticks(range(len(cells)), labels, rotation=20, ha="right")
-    ax.set(title=f"Figure 6: {', '.join(axes)}", ylabel=metric)
+    ax.bar(range(len(bars)), [b[1] for b in bars], yerr=[b[2] for b in bars], capsize=4)
+    ax.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=20, ha="right")
+    ax.set(title=f"Figure 6: {', '.join(axes)} ({aggregation_text(info)})", ylabel=label(info))
     ax.grid(axis="y", alpha=0.3)
     return _png(fig)
+
+
+def curve_series(
+    spec: SweepSpec,
+    trials: Sequence[Trial],
+    runs: Mapping[str, Any],
+    history: StepHistory,
+    info: Mapping[str, Any],
+) -> dict[str, list[tuple[float, float]]]:
+    """Per cell: (step, mean over the cell's finished seeds) of the sweep metric, display units."""
+    s = _scale(info)
+    by_cell: dict[str, dict[float, list[float]]] = {}
+    for t in trials:
+        run = runs.get(t.trial_key)
+        if run is None or run.status != "FINISHED":
+            continue
+        for step, value in history(run.run_id, spec.resolved_metric):
+            by_cell.setdefault(t.cell_key, {}).setdefault(step, []).append(value * s)
+    return {
+        cell: [(x, sum(points[x]) / len(points[x])) for x in sorted(points)]
+        for cell, points in by_cell.items()
+    }
 
 
 def curves(
     spec: SweepSpec,
     trials: Sequence[Trial],
     runs: Mapping[str, Any],
-    history: Callable[[str, str], list[tuple[float, float]]],
+    history: StepHistory,
+    info: Mapping[str, Any],
 ) -> bytes | None:
     """The sweep metric against the step: mean over the cell's finished seeds."""
-    metric = spec.resolved_metric
-    by_cell: dict[str, dict[float, list[float]]] = {}
-    for t in trials:
-        run = runs.get(t.trial_key)
-        if run is None or run.status != "FINISHED":
-            continue
-        for step, value in history(run.run_id, metric):
-            by_cell.setdefault(t.cell_key, {}).setdefault(step, []).append(value)
-    if not by_cell:
+    series = curve_series(spec, trials, runs, history, info)
+    if not series:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for cell, points in by_cell.items():
-        steps = sorted(points)
-        ax.plot(
-            steps, [sum(points[x]) / len(points[x]) for x in steps], marker=".", label=cell or "(params only)"
-        )
-    ax.set(title=f"{spec.name}: learning curves", xlabel="step", ylabel=metric)
+    for cell, pts in series.items():
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=cell or "(params only)")
+    ax.set(title=f"{spec.name}: learning curves", xlabel="step", ylabel=label(info))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _png(fig)
+
+
+def report_results(
+    spec: SweepSpec, trials: Sequence[Trial], runs: Mapping[str, Any], history: StepHistory
+) -> dict[str, Any]:
+    """The results the report's tables and figures read: the sweep metric, by its declared agg."""
+    return compute_results(spec, trials, runs, metrics=[spec.resolved_metric], history=history)
 
 
 def build_report(
@@ -222,17 +306,26 @@ def build_report(
     spec: SweepSpec,
     trials: Sequence[Trial],
     runs: Mapping[str, Any],
-    results: Mapping[str, Any],
-    results_markdown: str,
-    history: Callable[[str, str], list[tuple[float, float]]],
+    history: StepHistory,
 ) -> tuple[str, dict[str, bytes]]:
-    """(Markdown, {figure file name: PNG bytes})."""
+    """The sweep's report.
+
+    Args:
+        runs: trial_key -> its `service.results.TrialRun`.
+        history: (run_id, metric) -> the run's (step, value) pairs, sorted by step.
+
+    Returns:
+        (Markdown, {figure file name: PNG bytes}).
+    """
+    results = report_results(spec, trials, runs, history)
+    metric = spec.resolved_metric
+    info = _info(results, metric)
     figures: dict[str, bytes] = {}
     for name, fig in (
         ("figure3.png", figure3(spec, trials, results)),
         ("figure4.png", figure4(spec, trials, results)),
         ("figure6.png", figure6(spec, trials, results)),
-        ("curves.png", curves(spec, trials, runs, history)),
+        ("curves.png", curves(spec, trials, runs, history, info)),
     ):
         if fig is not None:
             figures[name] = fig
@@ -242,11 +335,28 @@ def build_report(
     for table in (table1_rows(spec, trials, results), table2_rows(spec, trials, results)):
         if table:
             parts += [table, ""]
-    parts += ["## Results per cell", "", results_markdown.strip(), ""]
+    parts += [f"## Results per cell ({label(info)}, {aggregation_text(info)})", ""]
+    parts += [to_markdown(results).strip(), ""]
     parts += [results["significance"] + ".", ""]
     if figures:
-        parts += ["## Figures", ""] + [f"![{n}]({n})" for n in figures] + [""]
+        parts += ["## Figures", ""]
+        for n in figures:
+            read = "each step's value" if n == "curves.png" else aggregation_text(info)
+            parts += [f"![{n}]({n})", "", f"{n}: {label(info)}, {read}, mean over seeds.", ""]
     return "\n".join(parts), figures
 
 
-__all__ = ["build_report", "curves", "figure3", "figure4", "figure6", "table1_rows", "table2_rows"]
+__all__ = [
+    "build_report",
+    "curve_series",
+    "curves",
+    "figure3",
+    "figure3_series",
+    "figure4",
+    "figure4_series",
+    "figure6",
+    "figure6_bars",
+    "report_results",
+    "table1_rows",
+    "table2_rows",
+]

@@ -1,10 +1,14 @@
 """Results of a sweep: its trials' runs as MLflow holds them, aggregated per cell.
 
-MLflow is the record of trials: a trial counts in the results when its run is FINISHED. For
-each chosen metric and cell the results give n, mean, sample std (n-1), min and max over the
-cell's seeds (`workers.aggregate`), of each run's final value (the last one it logged) or its
-best (max or min over the run's history, by the metric's mode), next to the paper's value where
-the spec gives one.
+MLflow is the record of trials: a trial counts in the results when its run is FINISHED. What a
+metric means comes from its family's declaration (`dab_core.metrics`, through
+`dab_core.experiments.metrics_of`), never from its name: its direction (``mode``), its unit
+(fractions are shown as percentages), its display name and how a run's value is read
+(``agg``): the ``final`` value it logged, or its ``best`` over the run's history (max or min by
+the mode). The spec's ``mode`` overrides the declaration for the spec's own metric; a query's
+``agg`` overrides every metric's. For each chosen metric and cell the results give n, mean,
+sample std (n-1), min and max over the cell's seeds (`workers.aggregate`), next to the paper's
+value where the spec gives one, and ``metric_info`` says what each metric's numbers are.
 
 Significance: each cell's values are compared with a reference cell's (the `reference`
 parameter; default the first cell) by Welch's two-sided t-test (`scipy.stats.ttest_ind` with
@@ -21,27 +25,23 @@ import io
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workers.aggregate import CellSummary, aggregate, format_value
 from workers.spec import SweepSpec, Trial, paper_values
 
-FRACTION_WORDS = ("accuracy", "all_or_none", "per_position", "ms_ssim")
-LOWER_IS_BETTER = ("loss", "error", "displacement", "bpp_actual", "mse")
+if TYPE_CHECKING:  # dab_core imports torch: importing the results must not
+    from dab_core.metrics import Agg, Metric
 
-
-def is_fraction(metric: str) -> bool:
-    return any(w in metric for w in FRACTION_WORDS)
-
-
-def metric_mode(metric: str, spec: SweepSpec) -> str:
-    if metric == spec.metric and spec.mode:
-        return spec.mode
-    return "min" if any(w in metric for w in LOWER_IS_BETTER) else "max"
+#: ``history(run_id, metric)``: the run's logged values of `metric`, in step order, either as
+#: values or as ``(step, value)`` pairs (the report's form).
+History = Callable[[str, str], Sequence[float] | Sequence[tuple[float, float]]]
 
 
 @dataclass(frozen=True)
 class TrialRun:
+    """A trial's MLflow run: its status and latest metrics."""
+
     run_id: str
     trial_key: str
     cell_key: str
@@ -105,21 +105,92 @@ def _num(x: float) -> float | None:
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
 
 
+def declarations(spec: SweepSpec, metrics: Sequence[str], agg: Agg | None = None) -> dict[str, Metric]:
+    """Each of `metrics` as these results read it: its family's declaration, with the spec's
+    ``mode`` over it for the spec's own metric and `agg` (when given) over every one's agg."""
+    from dab_core.experiments import metrics_of
+    from dab_core.metrics import resolve
+
+    declared = metrics_of(spec.experiment)
+    if not all(metrics):
+        from service.core.errors import InvalidRequestError
+
+        raise InvalidRequestError(
+            f"a metric name is empty; {spec.experiment} declares: {', '.join(declared.names())}",
+            field="metric",
+        )
+    return {
+        name: resolve(declared, name, mode=spec.mode if name == spec.metric else None, agg=agg)
+        for name in metrics
+    }
+
+
+def _values(hist: Sequence[float] | Sequence[tuple[float, float]]) -> list[float]:
+    out = []
+    for h in hist:
+        v = float(h[-1]) if isinstance(h, tuple | list) else float(h)
+        if math.isfinite(v):
+            out.append(v)
+    return out
+
+
+def run_value(run: TrialRun | None, metric: Metric, history: History | None) -> float | None:
+    """The value a run counts with for `metric` (its final one, or its best by the metric's
+    mode over its history); None unless the run is FINISHED and reported the metric."""
+    if run is None or run.status != "FINISHED" or metric.name not in run.metrics:
+        return None
+    if metric.agg == "best":
+        if history is None:
+            raise ValueError(f"{metric.name!r} is read as each run's best: its history is needed")
+        values = _values(history(run.run_id, metric.name))
+        if values:
+            return metric.better(values)
+    return run.metrics[metric.name]  # no history logged: the final value is all there is
+
+
+def metric_info(metric: Metric) -> dict[str, Any]:
+    """What a metric's numbers in the results are (the JSON's ``metric_info`` entry)."""
+    return {
+        "mode": metric.mode,
+        "unit": metric.unit,
+        "display": metric.display or metric.name,
+        "agg": metric.agg,
+    }
+
+
+def aggregation_text(info: Mapping[str, Any]) -> str:
+    """How a run's value was read, in words: ``final value`` or ``maximum (minimum) over each
+    run's evaluations``."""
+    if info.get("agg") == "best":
+        return f"{'maximum' if info.get('mode', 'max') == 'max' else 'minimum'} over each run's evaluations"
+    return "final value"
+
+
 def compute_results(
     spec: SweepSpec,
     trials: Sequence[Trial],
     runs: Mapping[str, TrialRun],
     *,
     metrics: Sequence[str],
-    agg: str,
-    reference: str | None,
-    history: Callable[[str, str], list[float]] | None = None,
+    agg: Agg | None = None,
+    reference: str | None = None,
+    history: History | None = None,
 ) -> dict[str, Any]:
     """Per cell and metric: n, mean, std, min, max, seeds, the paper's value and Welch's p.
 
     Args:
-        history: (run_id, metric) -> the run's values of that metric, for ``agg="best"``.
+        metrics: the metric names to aggregate.
+        agg: ``final`` or ``best`` for every metric; None reads each metric by its declared agg.
+        reference: the cell_key p-values compare against (default: the first cell).
+        history: (run_id, metric) -> the run's logged values (or (step, value) pairs), needed
+            for every metric read as ``best``.
+
+    Returns:
+        ``{"metrics", "agg" (the given agg or None), "metric_info": {name: {mode, unit,
+        display, agg}}, "reference_cell", "cells": [{cell_key, cell, expected, metrics: {name:
+        {n, mean, std, min, max, values, seeds, paper, p_value}}}], "significance"}``.
     """
+    decl = declarations(spec, metrics, agg)
     cells: dict[str, dict[str, Any]] = {}
     for t in trials:
         c = cells.setdefault(
@@ -127,33 +198,24 @@ def compute_results(
         )
         c["expected"] += 1
     per_metric: dict[str, list[CellSummary]] = {}
-    for metric in metrics:
-        mode = metric_mode(metric, spec)
+    for name, metric in decl.items():
         rows = []
         for t in trials:
-            run = runs.get(t.trial_key)
-            values: dict[str, float] = {}
-            if run is not None and run.status == "FINISHED" and metric in run.metrics:
-                if agg == "best" and history is not None:
-                    hist = [v for v in history(run.run_id, metric) if math.isfinite(v)]
-                    if hist:
-                        values[metric] = max(hist) if mode == "max" else min(hist)
-                else:
-                    values[metric] = run.metrics[metric]
-            rows.append((t.cell_key, t.cell, t.seed, values))
-        per_metric[metric] = aggregate(rows, metric)
+            value = run_value(runs.get(t.trial_key), metric, history)
+            rows.append((t.cell_key, t.cell, t.seed, {} if value is None else {name: value}))
+        per_metric[name] = aggregate(rows, name)
     ref = reference if reference is not None else next(iter(cells), None)
     out_cells = []
     for key, c in cells.items():
         entry: dict[str, Any] = {"cell_key": key, "cell": c["cell"], "expected": c["expected"], "metrics": {}}
-        for metric, summaries in per_metric.items():
+        for name, summaries in per_metric.items():
             summary = next(s for s in summaries if s.cell_key == key)
             ref_summary = next((s for s in summaries if s.cell_key == ref), None)
             paper = next(
-                (p for p in paper_values(spec, c["config"]) if (p.metric or spec.metric) == metric), None
+                (p for p in paper_values(spec, c["config"]) if (p.metric or spec.metric) == name), None
             )
             d = summary.as_dict()
-            entry["metrics"][metric] = {
+            entry["metrics"][name] = {
                 "n": d["n"],
                 "mean": _num(d["mean"]),
                 "std": _num(d["std"]) if d["n"] else None,
@@ -172,20 +234,59 @@ def compute_results(
     return {
         "metrics": list(metrics),
         "agg": agg,
+        "metric_info": {name: metric_info(m) for name, m in decl.items()},
         "reference_cell": ref,
         "cells": out_cells,
         "significance": "p_value: Welch's two-sided t-test of the cell's values against the reference cell's",
     }
 
 
+def _info(results: Mapping[str, Any], metric: str) -> dict[str, Any]:
+    info = results.get("metric_info", {}).get(metric)
+    return (
+        dict(info) if info else {"mode": "max", "unit": "raw", "display": metric, "agg": results.get("agg")}
+    )
+
+
+def _scale(info: Mapping[str, Any]) -> float:
+    return 100.0 if info.get("unit") == "fraction" else 1.0
+
+
+def label(info: Mapping[str, Any]) -> str:
+    """A metric's display name, with `` (%)`` for fractions."""
+    return str(info.get("display")) + (" (%)" if info.get("unit") == "fraction" else "")
+
+
 def to_csv(results: Mapping[str, Any]) -> str:
+    """One row per cell and metric; fractions in percent (``unit`` says ``%``), raw values as is."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(
-        ["cell", "metric", "n", "expected", "mean", "std", "min", "max", "paper", "paper_std", "p_value"]
+        [
+            "cell",
+            "metric",
+            "n",
+            "expected",
+            "mean",
+            "std",
+            "min",
+            "max",
+            "paper",
+            "paper_std",
+            "p_value",
+            "unit",
+            "display",
+            "agg",
+        ]
     )
     for c in results["cells"]:
         for metric, m in c["metrics"].items():
+            info = _info(results, metric)
+            s = _scale(info)
+
+            def num(x: float | None, s: float = s) -> str:
+                return "" if x is None else repr(x) if s == 1.0 else f"{x * s:.12g}"
+
             paper = m["paper"] or {}
             w.writerow(
                 [
@@ -193,24 +294,28 @@ def to_csv(results: Mapping[str, Any]) -> str:
                     metric,
                     m["n"],
                     c["expected"],
-                    *("" if m[k] is None else repr(m[k]) for k in ("mean", "std", "min", "max")),
-                    "" if paper.get("value") is None else repr(paper["value"]),
-                    "" if paper.get("std") is None else repr(paper["std"]),
+                    *(num(m[k]) for k in ("mean", "std", "min", "max")),
+                    num(paper.get("value")),
+                    num(paper.get("std")),
                     "" if m["p_value"] is None else f"{m['p_value']:.4g}",
+                    "%" if s != 1.0 else "raw",
+                    info["display"],
+                    info["agg"],
                 ]
             )
     return buf.getvalue()
 
 
 def to_markdown(results: Mapping[str, Any]) -> str:
-    """A Markdown table per metric: cell, mean ± std, n, min, max, paper, p (Welch)."""
+    """A Markdown table per metric: cell, mean ± std, n, min, max, paper, p (Welch); fractions
+    in percent, under the metric's display name and how each run's value was read."""
     out = []
     for metric in results["metrics"]:
-        pct = is_fraction(metric)
-        scale = 100.0 if pct else 1.0
-        unit = " (%)" if pct else ""
+        info = _info(results, metric)
+        pct = info.get("unit") == "fraction"
+        scale = _scale(info)
         lines = [
-            f"| cell | {metric}{unit} ({results['agg']}) mean ± std | n | min | max | paper | p vs {results['reference_cell']} |",
+            f"| cell | {label(info)}, {aggregation_text(info)}: mean ± std | n | min | max | paper | p vs {results['reference_cell']} |",
             "|---|---|---|---|---|---|---|",
         ]
         for c in results["cells"]:
@@ -233,10 +338,14 @@ def to_markdown(results: Mapping[str, Any]) -> str:
 
 
 __all__ = [
+    "History",
     "TrialRun",
+    "aggregation_text",
     "compute_results",
-    "is_fraction",
-    "metric_mode",
+    "declarations",
+    "label",
+    "metric_info",
+    "run_value",
     "to_csv",
     "to_markdown",
     "trial_runs",

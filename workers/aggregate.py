@@ -88,23 +88,4 @@ def format_value(mean: float, std: float, percent: bool) -> str:
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 
-def markdown_table(rows: list[CellSummary], percent: bool = False) -> str:
-    """A Markdown table: cell, mean ± std, n, min, max, and the paper's value where known."""
-    unit = " (%)" if percent else ""
-    metric = rows[0].metric if rows else ""
-    lines = [
-        f"| cell | {metric}{unit} mean ± std | n | min | max | paper |",
-        "|---|---|---|---|---|---|",
-    ]
-    scale = 100.0 if percent else 1.0
-    for r in rows:
-        paper = "" if r.paper is None else f"{r.paper:g}"
-        lo = "n/a" if not r.values else f"{r.min * scale:.4g}"
-        hi = "n/a" if not r.values else f"{r.max * scale:.4g}"
-        lines.append(
-            f"| {r.cell_key} | {format_value(r.mean, r.std, percent)} | {r.n} | {lo} | {hi} | {paper} |"
-        )
-    return "\n".join(lines)
-
-
-__all__ = ["CellSummary", "aggregate", "format_value", "markdown_table"]
+__all__ = ["CellSummary", "aggregate", "format_value"]

@@ -78,6 +78,9 @@ class TrialsPublic(BaseModel):
 
 
 class MetricStats(BaseModel):
+    """One cell's numbers for one metric: each run's value read by the metric's ``agg``
+    (`ResultsPublic.metric_info`), in its stored unit (fractions as fractions, not %)."""
+
     n: int
     mean: float | None
     std: float | None
@@ -87,6 +90,17 @@ class MetricStats(BaseModel):
     seeds: list[int]
     paper: dict[str, Any] | None = None
     p_value: float | None = Field(None, description="Welch's t-test against the reference cell")
+
+
+class MetricInfo(BaseModel):
+    """What a metric's numbers are, as its experiment family declares it (`dab_core.metrics`)."""
+
+    mode: Literal["max", "min"] = Field(
+        description="max: higher is better; the spec's mode wins for its metric"
+    )
+    unit: Literal["fraction", "raw"] = Field(description="fraction: a value in [0, 1], shown as %")
+    display: str = Field(description="the name tables and figures print")
+    agg: Literal["final", "best"] = Field(description="how each run's value was read: its final or best one")
 
 
 class CellResult(BaseModel):
@@ -100,7 +114,10 @@ class ResultsPublic(BaseModel):
     sweep_id: str
     state: SweepState
     metrics: list[str]
-    agg: Literal["final", "best"]
+    agg: Literal["final", "best"] | None = Field(
+        description="the requested agg; null: each metric's declared"
+    )
+    metric_info: dict[str, MetricInfo] = Field(description="per metric: its direction, unit, name and agg")
     reference_cell: str | None
     significance: str
     cells: list[CellResult]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,46 @@ def test_exit_codes(serve: object, tmp_path: Path) -> None:
     assert r.exit_code == 2 and "replicates" in r.stderr  # type: ignore[attr-defined]
     down = runner.invoke(app, ["status"], env={"DAB_API_URL": "http://127.0.0.1:9"})
     assert down.exit_code == 3 and "cannot reach" in down.stderr
+
+
+def test_results_table_reads_units_and_names_from_the_results() -> None:
+    from rich.console import Console
+
+    from service.cli import _results_table
+
+    def stats(mean: float, std: float) -> dict[str, object]:
+        return {"n": 2, "mean": mean, "std": std, "min": mean - std, "max": mean + std, "p_value": None}
+
+    res = {
+        "agg": None,
+        "metric_info": {
+            "test_all_or_none": {
+                "mode": "max",
+                "unit": "fraction",
+                "display": "all-or-none accuracy",
+                "agg": "best",
+            },
+            "toy_error": {"mode": "min", "unit": "raw", "display": "toy error", "agg": "best"},
+            "train_loss": {"mode": "min", "unit": "raw", "display": "train_loss", "agg": "final"},
+        },
+        "cells": [
+            {
+                "cell_key": "T=5",
+                "expected": 2,
+                "metrics": {
+                    "test_all_or_none": {**stats(0.99, 0.005), "paper": {"value": 0.993, "std": 0.0025}},
+                    "toy_error": {**stats(0.3, 0.0707), "paper": None},
+                    "train_loss": {**stats(12.5, 0.25), "paper": None},
+                },
+            }
+        ],
+    }
+    console = Console(width=200, record=True)
+    console.print(_results_table(res))
+    rows = [re.split(r"\s{2,}", line.strip()) for line in console.export_text().splitlines()]
+    by_metric = {r[1]: r[2:] for r in rows if len(r) > 2 and r[0] == "T=5"}
+    assert by_metric == {
+        "all-or-none accuracy (%), run max": ["99.00 ± 0.50", "2/2", "98.5", "99.5", "99.3 ± 0.25"],
+        "toy error, run min": ["0.3 ± 0.0707", "2/2", "0.2293", "0.3707"],  # raw: no %
+        "train_loss, final": ["12.5 ± 0.25", "2/2", "12.25", "12.75"],
+    }

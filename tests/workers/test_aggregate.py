@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from workers.aggregate import aggregate, format_value, markdown_table
+from workers.aggregate import aggregate, format_value
 
 
 def test_mean_std_n_min_max_per_cell_in_first_appearance_order() -> None:
@@ -35,12 +35,3 @@ def test_empty_cell_and_formatting() -> None:
     assert format_value(row.mean, row.std, percent=True) == "n/a"
     assert format_value(0.99312, 0.0025, percent=True) == "99.31 ± 0.25"
     assert format_value(1.23456, 0.1, percent=False) == "1.2346 ± 0.1000"
-
-
-def test_markdown_table() -> None:
-    rows = aggregate(
-        [("T=5", {"T": 5}, s, {"acc": v}) for s, v in enumerate([0.99, 0.995])], "acc", {"T=5": 99.3}
-    )
-    table = markdown_table(rows, percent=True).splitlines()
-    assert table[0] == "| cell | acc (%) mean ± std | n | min | max | paper |"
-    assert table[2] == "| T=5 | 99.25 ± 0.35 | 2 | 99 | 99.5 | 99.3 |"
