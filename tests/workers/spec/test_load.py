@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,13 @@ import pytest
 import yaml
 
 from workers.spec import (
+    MAX_DEPTH,
+    MAX_NODES,
     MAX_SPEC_BYTES,
     SpecError,
     SweepSpec,
     SweepSuite,
+    canonical_json,
     expand,
     load_spec,
     parse_spec,
@@ -120,3 +124,113 @@ def test_a_dumped_spec_parses_back_to_the_same_trials() -> None:
     again = parse_spec(json.dumps(spec.model_dump(mode="json")))
     assert again.model_dump() == spec.model_dump()
     assert [t.trial_key for t in expand(again)] == [t.trial_key for t in expand(spec)]
+
+
+# ------------------------------------------------------------------------------- hostile input
+
+DEEP = 100_000
+
+
+def _deep_inputs() -> dict[str, Any]:
+    """Each nested DEEP levels; the ones that fit in MAX_SPEC_BYTES must hit MAX_DEPTH."""
+    deep_dict: dict[str, Any] = {}
+    node = deep_dict
+    for _ in range(DEEP):
+        node["a"] = {}
+        node = node["a"]
+    return {
+        "json list": ("[" * DEEP + "]" * DEEP, "application/json"),
+        "json list, no hint": ("[" * DEEP + "]" * DEEP, None),
+        "json object (40,000)": ('{"a":' * 40_000 + "1" + "}" * 40_000, "application/json"),
+        "yaml flow list": ("[" * DEEP + "]" * DEEP, "application/yaml"),
+        "yaml flow mapping (50,000)": ("{a: " * 50_000 + "1" + "}" * 50_000, "application/yaml"),
+        "yaml block list": ("- " * DEEP + "x\n", "application/yaml"),
+        "yaml block mapping": ("".join("  " * i + "a:\n" for i in range(400)), "application/yaml"),
+        "a mapping": (deep_dict, None),
+    }
+
+
+@pytest.mark.parametrize("kind", sorted(_deep_inputs()))
+def test_deep_nesting_is_refused_naming_the_limit(kind: str) -> None:
+    data, content_type = _deep_inputs()[kind]
+    with pytest.raises(SpecError) as e:
+        parse_spec(data, content_type=content_type)
+    assert f"nested deeper than {MAX_DEPTH} levels (MAX_DEPTH)" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_deeper_than_the_size_limit_allows_is_refused_by_size() -> None:
+    # {"a": at 100,000 levels is 600 kB: the size limit answers first, still a SpecError
+    for text in ('{"a":' * DEEP + "1" + "}" * DEEP, "{a: " * DEEP + "1" + "}" * DEEP):
+        with pytest.raises(SpecError, match="MAX_SPEC_BYTES"):
+            parse_spec(text)
+
+
+def test_nesting_at_the_limit_is_read() -> None:
+    # MAX_DEPTH levels in all: the spec's mapping and MAX_DEPTH - 1 lists in description
+    inner = "[" * (MAX_DEPTH - 1) + "1" + "]" * (MAX_DEPTH - 1)
+    for text in (
+        f"name: x\nexperiment: sorting\ndescription: {inner}\n",
+        json.dumps({"name": "x", "experiment": "sorting", "description": json.loads(inner)}),
+    ):
+        with pytest.raises(SpecError) as e:
+            parse_spec(text)
+        assert e.value.path == "description" and "MAX_DEPTH" not in str(e.value)  # a type error, not depth
+    with pytest.raises(SpecError, match="MAX_DEPTH"):
+        parse_spec(f"name: x\nexperiment: sorting\ndescription: [{inner}]\n")
+
+
+def test_recursive_and_deep_aliases_are_refused() -> None:
+    for text in ("a: &a [*a]\n", "a: &a {b: *a}\n", "- &x [1, [2, *x]]\n"):
+        with pytest.raises(SpecError, match="inside its own anchor"):
+            parse_spec(text)
+    # each alias is one level in the text and one more in the document: depth counts the latter
+    chain = ["a0: &a0 [x]", *(f"a{i}: &a{i} [*a{i - 1}]" for i in range(1, 200))]
+    with pytest.raises(SpecError, match=r"deeper than 64 levels \(MAX_DEPTH\)") as e:
+        parse_spec("\n".join(chain) + "\n")
+    assert e.value.line == MAX_DEPTH  # where the alias that went too deep is
+
+
+def test_aliases_count_what_they_expand_to() -> None:
+    # 10 ** 6 values from 600 bytes: refused while composing, with the limit in the message
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 6)]
+    with pytest.raises(SpecError, match=rf"more than {MAX_NODES:,} values once YAML aliases are expanded"):
+        parse_spec("\n".join(lines) + "\n")
+    # aliases that stay under the limit are fine
+    spec = parse_spec(
+        "name: x\nexperiment: sorting\nparams: &p {steps: 10, seq_len: 4, model: elu-dense}\n"
+        "include:\n  - *p\n"
+    )
+    assert spec.include == [spec.params]
+
+
+def test_numbers_longer_than_python_converts_are_refused() -> None:
+    digits = "1" * (sys.get_int_max_str_digits() + 1)
+    for text in (f"name: x\nexperiment: sorting\nparams: {{steps: {digits}}}\n", f'{{"name": {digits}}}'):
+        with pytest.raises(SpecError, match=r"more than 4,300 digits, Python's limit") as e:
+            parse_spec(text)
+        assert e.value.line in (None, 3)
+
+
+def test_one_size_check_for_text_files_and_mappings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text_module = sys.modules["workers.spec.text"]
+    sizes: list[int] = []
+    real = text_module.check_size
+
+    def counting(size: int, source: str) -> None:
+        sizes.append(size)
+        real(size, source)
+
+    monkeypatch.setattr(text_module, "check_size", counting)
+    monkeypatch.setattr(sys.modules["workers.spec.load"], "check_size", counting)
+    parse_spec("name: x\nexperiment: sorting\n")
+    assert sizes == [len("name: x\nexperiment: sorting\n")]
+    sizes.clear()
+    parse_spec({"name": "x", "experiment": "sorting"})
+    assert sizes == [len(canonical_json({"experiment": "sorting", "name": "x"}))]
+    sizes.clear()
+    path = tmp_path / "x.yaml"
+    path.write_text("name: x\nexperiment: sorting\n")
+    load_spec(path)
+    assert sizes == [path.stat().st_size] * 2  # the file's size before reading, then the text's
