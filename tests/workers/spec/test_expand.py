@@ -182,3 +182,20 @@ def test_canonical_json_is_compact_sorted_and_finite() -> None:
     assert canonical_json({"b": 1, "a": [1.5, "é"]}) == '{"a":[1.5,"é"],"b":1}'
     with pytest.raises(ValueError):
         canonical_json({"a": float("nan")})
+
+
+def test_expansion_validates_each_trial_once(small: SmallSpec, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dab_core.experiments.sorting import SortingConfig
+
+    validated: list[dict[str, Any]] = []
+    real = SortingConfig.model_validate_json
+
+    def counting(cls: type[SortingConfig], text: str, **kwargs: Any) -> Any:
+        validated.append(json.loads(text))
+        return real(text, **kwargs)
+
+    monkeypatch.setattr(SortingConfig, "model_validate_json", classmethod(counting))
+    spec = parse_spec(small())
+    trials = expand(spec)
+    assert len(validated) == len(trials) == count_trials(spec) == 8
+    assert len({canonical_json(c) for c in validated}) == 8  # each distinct config once
