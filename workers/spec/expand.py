@@ -236,10 +236,6 @@ class _Expander:
         return cell.origin
 
     def validate(self, raw: dict[str, Any], cell: _Cell, cell_key: str, prov: Provenance) -> dict[str, Any]:
-        from dab_core.config import ConfigError
-        from dab_core.hard import HardParamError
-        from dab_core.registry import UnknownNameError
-
         try:
             parsed = self.family.config_cls.model_validate_json(canonical_json(raw), strict=True)
         except ValidationError as e:
@@ -253,8 +249,10 @@ class _Expander:
                 owner=self.spec.experiment,
                 cell=cell_key,
             ) from None
-        except (ConfigError, HardParamError, UnknownNameError) as e:
-            # a family's validator let a library error through: still the spec's mistake
+        except (TypeError, ValueError, KeyError) as e:
+            # a family's validator let a non-validation error through (a library error such
+            # as UnknownNameError or HardParamTypeError, located by its attributes, or any
+            # other): still the spec's mistake
             issue = issue_of_exception(e, (), raw)
             raise self.error(issue.message, self.place(issue, cell, raw, prov), cell_key) from None
         return parsed.model_dump(mode="json")
