@@ -38,6 +38,45 @@ HardFn = Callable[..., torch.Tensor]
 OutShapeFn = Callable[..., Shape]
 
 
+class HardParamError(Exception):
+    """A hard function's parameter is wrong.
+
+    Attributes:
+        function: the hard function's name.
+        param: the parameter at fault (None when the message is about several).
+        accepted: the parameters the function takes.
+
+    Callers that locate the mistake (a config field such as ``hard_params.eps``) read these,
+    not the message. The concrete classes are also `TypeError` or `ValueError`, as the
+    errors they replace were.
+    """
+
+    def __init__(
+        self, message: str, *, function: str = "", param: str | None = None, accepted: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message)
+        self.function = function
+        self.param = param
+        self.accepted = accepted
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keyword-only attributes survive pickling
+        return (_rebuild, (type(self), str(self), self.function, self.param, self.accepted))
+
+
+def _rebuild(
+    cls: type[HardParamError], message: str, function: str, param: str | None, accepted: tuple[str, ...]
+) -> HardParamError:
+    return cls(message, function=function, param=param, accepted=accepted)
+
+
+class HardParamTypeError(HardParamError, TypeError):
+    """A parameter the function does not take, or a required one left out."""
+
+
+class HardParamValueError(HardParamError, ValueError):
+    """A parameter's value the function cannot work with (``eps < 0``, ``k`` too large)."""
+
+
 def _same_shape(in_shape: Shape, **_: Any) -> Shape:
     return tuple(in_shape)
 
@@ -54,15 +93,24 @@ class HardFunctionDef:
 
     def bind(self, **params: Any) -> BoundHardFunction:
         unknown = sorted(set(params) - set(self.defaults))
+        accepted = tuple(sorted(self.defaults))
         if unknown:
-            accepted = ", ".join(sorted(self.defaults)) or "none"
-            raise TypeError(
-                f"hard function {self.name!r}: unknown parameter {unknown[0]!r}; accepts: {accepted}"
+            raise HardParamTypeError(
+                f"hard function {self.name!r}: unknown parameter {unknown[0]!r}; "
+                f"accepts: {', '.join(accepted) or 'none'}",
+                function=self.name,
+                param=unknown[0],
+                accepted=accepted,
             )
         merged = {**self.defaults, **params}
         missing = sorted(k for k, v in merged.items() if v is inspect.Parameter.empty)
         if missing:
-            raise TypeError(f"hard function {self.name!r}: parameter {missing[0]!r} is required")
+            raise HardParamTypeError(
+                f"hard function {self.name!r}: parameter {missing[0]!r} is required",
+                function=self.name,
+                param=missing[0],
+                accepted=accepted,
+            )
         return BoundHardFunction(self, merged)
 
 
@@ -148,7 +196,7 @@ def _nan_where(mask: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 def _signum_shape(in_shape: Shape, eps: float = 0.5) -> Shape:
     if not eps >= 0:
-        raise ValueError(f"signum: eps must be >= 0, got {eps!r}")
+        raise HardParamValueError(f"signum: eps must be >= 0, got {eps!r}", function="signum", param="eps")
     return in_shape
 
 
@@ -207,8 +255,10 @@ def sort_rowcol(x: torch.Tensor, descending: bool = False) -> torch.Tensor:
 def _topk_shape(in_shape: Shape, k: int, descending: bool = True) -> Shape:
     total = _rowcol_shape(in_shape)[0]
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= total:
-        raise ValueError(
-            f"topk: k must be an integer in [1, {total}] for feature shape {in_shape}, got {k!r}"
+        raise HardParamValueError(
+            f"topk: k must be an integer in [1, {total}] for feature shape {in_shape}, got {k!r}",
+            function="topk",
+            param="k",
         )
     return (k,)
 
@@ -228,9 +278,13 @@ def topk(x: torch.Tensor, k: int, descending: bool = True) -> torch.Tensor:
 
 def _kmeans_shape(in_shape: Shape, k: int = 10, iters: int = 10) -> Shape:
     if not isinstance(k, int) or k < 1:
-        raise ValueError(f"kmeans: k must be an integer >= 1, got {k!r}")
+        raise HardParamValueError(
+            f"kmeans: k must be an integer >= 1, got {k!r}", function="kmeans", param="k"
+        )
     if not isinstance(iters, int) or iters < 0:
-        raise ValueError(f"kmeans: iters must be an integer >= 0, got {iters!r}")
+        raise HardParamValueError(
+            f"kmeans: iters must be an integer >= 0, got {iters!r}", function="kmeans", param="iters"
+        )
     return in_shape
 
 
@@ -284,6 +338,9 @@ __all__ = [
     "BoundHardFunction",
     "HardFunctionDef",
     "HardFunctionRegistry",
+    "HardParamError",
+    "HardParamTypeError",
+    "HardParamValueError",
     "UnknownNameError",
     "hard_functions",
 ]

@@ -6,18 +6,44 @@ serialisable document and can only name what the installed code registered.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import entry_points
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
-    """A name that the registry does not hold; the message lists what it does hold."""
+class UnknownNameError(KeyError, ValueError):
+    """A name that the registry does not hold; the message lists what it does hold.
+
+    A `KeyError` (a lookup failed) and a `ValueError` (the value given is wrong): a pydantic
+    validator may let it through, and the ValidationError then carries it as ``ctx["error"]``.
+
+    Attributes:
+        name: the name asked for.
+        kind: the registry's kind (``"hard function"``).
+        known: the names it holds, sorted.
+
+    Callers that locate the mistake (a sweep spec's field path) read these, not the message.
+    """
+
+    def __init__(
+        self, message: str, *, name: object = None, kind: str = "", known: Sequence[str] = ()
+    ) -> None:
+        super().__init__(message)
+        self.name = name
+        self.kind = kind
+        self.known = tuple(known)
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keyword-only attributes survive pickling
+        return (_unknown_name_error, (self.args[0], self.name, self.kind, self.known))
+
+
+def _unknown_name_error(message: str, name: object, kind: str, known: Sequence[str]) -> UnknownNameError:
+    return UnknownNameError(message, name=name, kind=kind, known=known)
 
 
 class Registry(Generic[T]):
@@ -77,8 +103,12 @@ class Registry(Generic[T]):
         return iter(self.names())
 
     def _unknown(self, name: object) -> UnknownNameError:
+        known = sorted(self._items)
         return UnknownNameError(
-            f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._items)) or '(none)'}"
+            f"unknown {self.kind} {name!r}; known: {', '.join(known) or '(none)'}",
+            name=name,
+            kind=self.kind,
+            known=known,
         )
 
     def _load_plugins(self) -> None:

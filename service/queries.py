@@ -318,7 +318,7 @@ class Reads:
             trials,
             runs,
             metrics=chosen,
-            agg=agg,
+            agg=agg,  # type: ignore[arg-type]  # the route validated it: final, best or None
             reference=reference,
             history=history_values(self.mlflow()),
         )

@@ -59,9 +59,8 @@ from torch import nn
 
 from dab_core.approximators import DenseApproximator, ElementwiseApproximator
 from dab_core.bridge import DAB, DabLossName, Estimator, dab_loss_of
-from dab_core.config import HardName, LayerSizes, TrialConfig
+from dab_core.config import ConfigError, HardName, LayerSizes, TrialConfig
 from dab_core.experiments import ExperimentFamily, experiments
-from dab_core.metrics import Metric, MetricSet
 from dab_core.experiments._images import (
     ConvApproximator,
     TensorImages,
@@ -78,6 +77,7 @@ from dab_core.experiments._images import (
     stable_seed,
 )
 from dab_core.hard import BoundHardFunction, hard_functions
+from dab_core.metrics import Metric, MetricSet
 from dab_core.plots import bar_png
 from dab_core.training import Stateful, Task
 
@@ -97,7 +97,10 @@ class ClassificationConfig(TrialConfig):
         None, description="dataset directory (default: $DAB_DATA_ROOT or ~/.cache/dab_sweeps/data)"
     )
     download: bool = Field(True, description="let torchvision download the dataset when missing")
-    image_size: int | None = Field(None, ge=8, description="side of the fake images (fake only; default 32)")
+    # Fake images are generated into memory: 2,048 of 1024 x 1024 RGB are 25 GB.
+    image_size: int | None = Field(
+        None, ge=8, le=1024, description="side of the fake images (fake only; default 32)"
+    )
     hard: HardName = Field("signum", description="hard function in the bridge (registry name)")
     hard_params: dict[str, float | int | bool] = Field(default_factory=dict)
     estimator: Estimator = Field(
@@ -114,27 +117,38 @@ class ClassificationConfig(TrialConfig):
         None, description="hidden sizes (dense/elementwise) or channels (conv)"
     )
     activation: Literal["elu", "relu"] = "elu"
-    width: int = Field(64, ge=1, description="channels of stage 1 (stages: w, 2w, 4w, 8w); 64 = ResNet18")
+    # 8 times ResNet18's 64: stage 4 then has 4,096 channels, 151M weights in one 3x3 conv.
+    width: int = Field(
+        64, ge=1, le=512, description="channels of stage 1 (stages: w, 2w, 4w, 8w); 64 = ResNet18"
+    )
     optimizer: Literal["adam", "rmsprop", "sgd"] = "adam"
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(128, ge=1)
+    # More than CIFAR-10's 50,000 training images is not a batch (the paper's: 128).
+    batch_size: int = Field(128, ge=1, le=65_536)
     augment: bool = Field(True, description="random crop (pad 4) and horizontal flip")
+    # 20 times CIFAR-10's 50,000; fake images are generated into memory (1M at 32x32 RGB: 12 GB).
     train_size: int | None = Field(
-        None, ge=1, description="use the first N training images (default: all; fake: 2048)"
+        None, ge=1, le=1_000_000, description="use the first N training images (default: all; fake: 2048)"
     )
     test_size: int | None = Field(
-        None, ge=1, description="evaluate on N test images (default: all; fake: 512)"
+        None, ge=1, le=1_000_000, description="evaluate on N test images (default: all; fake: 512)"
     )
-    eval_batch_size: int = Field(500, ge=1)
+    eval_batch_size: int = Field(500, ge=1, le=65_536)  # as batch_size
 
     @model_validator(mode="after")
     def _consistent(self) -> ClassificationConfig:
         if self.dataset != "fake" and self.image_size not in (None, 32):
-            raise ValueError(f"image_size applies to dataset 'fake' only ({self.dataset} images are 32x32)")
+            raise ConfigError(
+                f"image_size applies to dataset 'fake' only ({self.dataset} images are 32x32)",
+                "image_size",
+                "dataset",
+            )
         if self.resolved_train_size is not None and self.resolved_train_size < self.batch_size:
-            raise ValueError(
-                f"train_size ({self.resolved_train_size}) must be at least batch_size ({self.batch_size})"
+            raise ConfigError(
+                f"train_size ({self.resolved_train_size}) must be at least batch_size ({self.batch_size})",
+                "train_size",
+                "batch_size",
             )
         self.bound_hard()  # the bridge binds the parameters even when a baseline replaces it
         if self.estimator not in _HARD_ESTIMATORS:
@@ -144,20 +158,26 @@ class ClassificationConfig(TrialConfig):
         if out == shape:
             return self
         if self.estimator == "ste":
-            raise ValueError(
+            raise ConfigError(
                 f"estimator: 'ste' needs a shape-preserving hard function, but {self.bound_hard()!r} maps "
-                f"the feature map {shape} to {out}; use estimator 'dab' (or hard 'sort' for the flat sort)"
+                f"the feature map {shape} to {out}; use estimator 'dab' (or hard 'sort' for the flat sort)",
+                "estimator",
+                "hard",
             )
         if self.placement != 4:
-            raise ValueError(
+            raise ConfigError(
                 f"placement: {self.hard!r} turns the feature map {shape} into shape {out}, which the next "
                 "residual stage cannot take; shape-changing functions are supported at placement 4 only "
-                "(a linear classifier reads their output)"
+                "(a linear classifier reads their output)",
+                "placement",
+                "hard",
             )
         if self.approximator in ("elementwise", "conv"):
-            raise ValueError(
+            raise ConfigError(
                 f"approximator: {self.approximator!r} keeps the input's shape, but {self.hard!r} maps "
-                f"{shape} to {out}; use 'dense' or 'auto'"
+                f"{shape} to {out}; use 'dense' or 'auto'",
+                "approximator",
+                "hard",
             )
         return self
 
@@ -166,7 +186,7 @@ class ClassificationConfig(TrialConfig):
         try:
             return hard_functions.get(self.hard, **self.hard_params)
         except TypeError as e:
-            raise ValueError(f"hard_params: {e}") from None
+            raise ConfigError.of_hard_params(e, "hard_params: ") from None
 
     @property
     def image_side(self) -> int:
@@ -189,8 +209,10 @@ class ClassificationConfig(TrialConfig):
         try:
             return hard.out_shape(self.bridge_shape)
         except ValueError as e:
-            raise ValueError(
-                f"hard_params: {e} (feature map {self.bridge_shape} at placement {self.placement})"
+            param = getattr(e, "param", None)
+            raise ConfigError(
+                f"hard_params: {e} (feature map {self.bridge_shape} at placement {self.placement})",
+                ("hard_params", param) if param else ("hard_params",),
             ) from None
 
     @property

@@ -71,9 +71,8 @@ from torch import nn
 
 from dab_core.approximators import DenseApproximator, ElementwiseApproximator
 from dab_core.bridge import DAB, DabLossName
-from dab_core.config import LayerSizes, TrialConfig
+from dab_core.config import MAX_WIDTH, ConfigError, LayerSizes, TrialConfig
 from dab_core.experiments import ExperimentFamily, experiments
-from dab_core.metrics import Metric, MetricSet
 from dab_core.experiments._images import (
     NATIVE_SHAPE,
     ImageSplit,
@@ -92,6 +91,7 @@ from dab_core.experiments._images import (
     stable_seed,
 )
 from dab_core.hard import hard_functions
+from dab_core.metrics import Metric, MetricSet
 from dab_core.plots import image_rows_png
 from dab_core.training import Stateful, Task
 
@@ -141,15 +141,22 @@ class RepresentationConfig(TrialConfig):
         None, description="dataset directory (default: $DAB_DATA_ROOT or ~/.cache/dab_sweeps/data)"
     )
     download: bool = Field(True, description="let torchvision download FashionMNIST / CIFAR10 when missing")
-    image_size: int | None = Field(None, ge=8, description="imagenet: resize side (512); fake: side (32)")
+    # 2 times the paper's ImageNet side (512); images are held in memory at this size.
+    image_size: int | None = Field(
+        None, ge=8, le=1024, description="imagenet: resize side (512); fake: side (32)"
+    )
     channels: int | None = Field(None, ge=1, le=4, description="fake only: image channels (3)")
     architecture: Architecture | None = Field(None, description="unet, coordconv-dense, resnet18-dense")
-    width: int | None = Field(None, ge=1, description="channels of the first conv level")
-    dense_hidden: int | None = Field(None, ge=1, description="width of the dense decoder's hidden layers")
+    # 8 times the paper's widest first level (64); deeper levels multiply it.
+    width: int | None = Field(None, ge=1, le=512, description="channels of the first conv level")
+    dense_hidden: int | None = Field(
+        None, ge=1, le=MAX_WIDTH, description="width of the dense decoder's hidden layers"
+    )  # see MAX_WIDTH
     activation: Literal["elu", "relu"] | None = None
     optimizer: Literal["adam", "rmsprop", "sgd"] | None = None
     lr: float | None = Field(None, gt=0)
-    batch_size: int | None = Field(None, ge=1)
+    # More images than a batch of CIFAR-10's 50,000 is the whole dataset (the paper's: 128, 1024).
+    batch_size: int | None = Field(None, ge=1, le=65_536)
     gamma: float | None = Field(None, ge=0, description="DAB loss weight (dab-* variants)")
     hard_params: dict[str, float | int | bool] = Field(
         default_factory=dict, description="parameters of the hard function (dab-* only), e.g. {eps: 0.5}"
@@ -160,7 +167,8 @@ class RepresentationConfig(TrialConfig):
         "auto", description="auto: elementwise for bernoulli/signum, dense for binary"
     )
     approximator_hidden: LayerSizes | None = Field(None, description="hidden sizes of the approximator")
-    gumbel_categories: int = Field(10, ge=2, description="K of gumbel-vae's K-way categoricals")
+    # The decoder reads latent_units * K one-hot values: beyond 1,024 the code is mostly zeros.
+    gumbel_categories: int = Field(10, ge=2, le=1024, description="K of gumbel-vae's K-way categoricals")
     relaxation: Literal["concrete", "straight-through"] = Field(
         "concrete", description="VAEs: relaxed samples, or hard samples with the relaxed gradient"
     )
@@ -168,23 +176,33 @@ class RepresentationConfig(TrialConfig):
     temperature_anneal: float = Field(
         1e-4, ge=0, description="VAEs: temperature = max(min, exp(-rate * step))"
     )
+    # Each tau is one pass over the probe set (the paper's grid: 9).
     thresholds: tuple[float, ...] = Field(
-        (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), description="threshold: the tau grid"
+        (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), max_length=1000, description="threshold: the tau grid"
     )
-    train_size: int | None = Field(None, ge=1, description="use N training images (default: all; fake 1024)")
+    # Image counts: ImageNet's 1.28M training images are the largest dataset; 2M leaves room for
+    # fake images, which are generated into memory (2M at 32x32 RGB: 25 GB).
+    train_size: int | None = Field(
+        None, ge=1, le=2_000_000, description="use N training images (default: all; fake 1024)"
+    )
     test_size: int | None = Field(
-        None, ge=1, description="evaluate on N test images (default: all; imagenet 10k)"
+        None, ge=1, le=2_000_000, description="evaluate on N test images (default: all; imagenet 10k)"
     )
     probe_train_size: int | None = Field(
-        None, ge=2, description="training images for the linear probe (default: all; imagenet 100k)"
+        None,
+        ge=2,
+        le=2_000_000,
+        description="training images for the linear probe (default: all; imagenet 100k)",
     )
-    probe_epochs: int = Field(10, ge=1)
+    # The probe is retrained at each evaluation that runs it (the paper's: 10 epochs).
+    probe_epochs: int = Field(10, ge=1, le=1000)
     probe_lr: float = Field(1e-2, gt=0)
     probe_every_eval: bool = Field(
         False, description="train the probe at every evaluation, not only the last"
     )
-    eval_batch_size: int = Field(500, ge=1)
-    num_workers: int = Field(8, ge=0, description="imagenet: DataLoader worker processes")
+    eval_batch_size: int = Field(500, ge=1, le=65_536)  # as batch_size
+    # Processes on one machine: more than any machine has cores only adds contention.
+    num_workers: int = Field(8, ge=0, le=256, description="imagenet: DataLoader worker processes")
 
     @model_validator(mode="before")
     @classmethod
@@ -206,28 +224,40 @@ class RepresentationConfig(TrialConfig):
     @model_validator(mode="after")
     def _consistent(self) -> RepresentationConfig:
         if self.dataset in NATIVE_SHAPE and self.image_size not in (None, NATIVE_SHAPE[self.dataset][1]):
-            raise ValueError(
-                f"image_size: {self.dataset} images are {NATIVE_SHAPE[self.dataset][1]} pixels wide; leave it unset"
+            raise ConfigError(
+                f"image_size: {self.dataset} images are {NATIVE_SHAPE[self.dataset][1]} pixels wide; leave it unset",
+                "image_size",
+                "dataset",
             )
         if self.dataset != "fake" and self.channels is not None:
-            raise ValueError(f"channels applies to dataset 'fake' only, not {self.dataset!r}")
+            raise ConfigError(
+                f"channels applies to dataset 'fake' only, not {self.dataset!r}", "channels", "dataset"
+            )
         if self.latent_units < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"bpp: {self.bpp} bits per value of {self.input_shape} images is a budget of "
-                f"{self.bit_budget:.3g} bits, too small for one latent unit of variant {self.variant!r}"
+                f"{self.bit_budget:.3g} bits, too small for one latent unit of variant {self.variant!r}",
+                "bpp",
+                "variant",
             )
         if self.variant in HARD_OF_VARIANT:
             try:
                 hard = hard_functions.get(HARD_OF_VARIANT[self.variant], **self.hard_params)
                 hard.out_shape((self.latent_units,))
             except (TypeError, ValueError) as e:
-                raise ValueError(f"hard_params: {e}") from None
+                raise ConfigError.of_hard_params(e, "hard_params: ") from None
         elif self.hard_params:
-            raise ValueError(f"hard_params applies to the dab-* variants only, not {self.variant!r}")
+            raise ConfigError(
+                f"hard_params applies to the dab-* variants only, not {self.variant!r}",
+                "hard_params",
+                "variant",
+            )
         assert self.batch_size is not None
         if self.train_size is not None and self.train_size < self.batch_size:
-            raise ValueError(
-                f"train_size ({self.train_size}) must be at least batch_size ({self.batch_size})"
+            raise ConfigError(
+                f"train_size ({self.train_size}) must be at least batch_size ({self.batch_size})",
+                "train_size",
+                "batch_size",
             )
         return self
 

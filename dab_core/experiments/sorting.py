@@ -42,10 +42,10 @@ from torch import nn
 
 from dab_core.approximators import mlp
 from dab_core.bridge import DAB, DabLossName, Estimator
-from dab_core.config import HardName, LayerSizes, TrialConfig
+from dab_core.config import MAX_WIDTH, ConfigError, HardName, LayerSizes, TrialConfig
 from dab_core.experiments import ExperimentFamily, experiments
-from dab_core.metrics import Metric, MetricSet
 from dab_core.hard import hard_functions
+from dab_core.metrics import Metric, MetricSet
 from dab_core.plots import bar_png
 from dab_core.training import Stateful, Task
 
@@ -73,17 +73,22 @@ class SortingConfig(TrialConfig):
     gamma: float = Field(10.0, ge=0, description="DAB loss weight")
     dab_loss: DabLossName = "l2"
     dab_loss_to_input: bool = False
-    batch_size: int = Field(1024, ge=1)
+    # 1024 times the paper's 1024: at T=100 one batch's T*T logits alone are 42 GB.
+    batch_size: int = Field(1024, ge=1, le=2**20)
     lr: float = Field(1e-4, gt=0)
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="constant (the paper's), or cosine from lr down to 0 over the trial's steps"
     )
     grad_clip: float | None = Field(None, gt=0, description="grad-norm clip (default: 5 for signum-rnn)")
-    train_size: int = Field(2_000_000, ge=0, description="fixed training sequences; 0 = fresh each step")
-    test_size: int = Field(10_000, ge=1)
+    # The training set lives in memory: 10**8 sequences of T=100 are 40 GB (the authors': 2M).
+    train_size: int = Field(
+        2_000_000, ge=0, le=100_000_000, description="fixed training sequences; 0 = fresh each step"
+    )
+    # 25 times the authors' 400,000; held in memory and scored at every evaluation.
+    test_size: int = Field(10_000, ge=1, le=10_000_000)
     dense_hidden: LayerSizes = Field((128, 128, 256), min_length=1)
     approximator_hidden: LayerSizes = Field((128, 128))
-    rnn_hidden: int = Field(256, ge=1)
+    rnn_hidden: int = Field(256, ge=1, le=MAX_WIDTH)  # see MAX_WIDTH (the paper's: 256)
 
     @field_validator("hard_params")
     @classmethod
@@ -92,21 +97,29 @@ class SortingConfig(TrialConfig):
             try:
                 hard_functions.get(info.data["hard"], **params)
             except TypeError as e:
-                raise ValueError(str(e)) from None
+                raise ConfigError.of_hard_params(e) from None
         return params
 
     @model_validator(mode="after")
     def _consistent(self) -> SortingConfig:
         if self.ponder_steps and self.model != "signum-rnn":
-            raise ValueError(f"ponder_steps applies to model 'signum-rnn' only, not {self.model!r}")
+            raise ConfigError(
+                f"ponder_steps applies to model 'signum-rnn' only, not {self.model!r}",
+                "ponder_steps",
+                "model",
+            )
         if self.model == "elu-dense" and self.estimator not in (None, *_BASELINE_ESTIMATORS):
-            raise ValueError(
+            raise ConfigError(
                 f"model 'elu-dense' is the baseline without a hard function; estimator must be one of "
-                f"{', '.join(_BASELINE_ESTIMATORS)} (use signum-dense for {self.estimator!r})"
+                f"{', '.join(_BASELINE_ESTIMATORS)} (use signum-dense for {self.estimator!r})",
+                "estimator",
+                "model",
             )
         if 0 < self.train_size < self.batch_size:
-            raise ValueError(
-                f"train_size ({self.train_size}) must be 0 or at least batch_size ({self.batch_size})"
+            raise ConfigError(
+                f"train_size ({self.train_size}) must be 0 or at least batch_size ({self.batch_size})",
+                "train_size",
+                "batch_size",
             )
         if self.resolved_estimator in ("dab", "ste"):
             hard = hard_functions.get(self.hard, **self.hard_params)
@@ -115,10 +128,12 @@ class SortingConfig(TrialConfig):
             try:
                 out = hard.out_shape((width,))
             except ValueError as e:
-                raise ValueError(f"{where}: {e}") from None
+                raise ConfigError(f"{where}: {e}", *_hard_fields(e)) from None
             if self.resolved_estimator == "ste" and out != (width,):
-                raise ValueError(
-                    f"{where}: estimator 'ste' needs a shape-preserving hard function, got output {out}"
+                raise ConfigError(
+                    f"{where}: estimator 'ste' needs a shape-preserving hard function, got output {out}",
+                    "estimator",
+                    "hard",
                 )
         return self
 
@@ -137,6 +152,12 @@ class SortingConfig(TrialConfig):
     @property
     def bridge_width(self) -> int:
         return self.rnn_hidden if self.model == "signum-rnn" else self.dense_hidden[-1]
+
+
+def _hard_fields(e: Exception) -> tuple[tuple[str, ...], ...]:
+    """The fields a hard function's shape error is about: its parameter, else the function."""
+    param = getattr(e, "param", None)
+    return (("hard_params", param),) if param else (("hard",), ("hard_params",))
 
 
 def make_bridge(cfg: SortingConfig, width: int) -> DAB:

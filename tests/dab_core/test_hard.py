@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import pytest
 import torch
 
 from dab_core import hard_functions
+from dab_core.hard import HardParamError
 from dab_core.registry import UnknownNameError
 
 nan, inf = math.nan, math.inf
@@ -32,6 +34,21 @@ def test_unknown_parameter_is_named() -> None:
 def test_required_parameter() -> None:
     with pytest.raises(TypeError, match=r"'topk': parameter 'k' is required"):
         hard_functions.get("topk")
+
+
+def test_parameter_errors_carry_the_parameter() -> None:
+    with pytest.raises(HardParamError) as e:
+        hard_functions.get("signum", epsilon=0.1)
+    assert isinstance(e.value, TypeError)
+    assert (e.value.function, e.value.param, e.value.accepted) == ("signum", "epsilon", ("eps",))
+    with pytest.raises(HardParamError) as e:
+        hard_functions.get("topk")
+    assert (e.value.function, e.value.param) == ("topk", "k")
+    with pytest.raises(HardParamError) as e:
+        hard_functions.get("signum", eps=-1.0).out_shape((3,))
+    assert isinstance(e.value, ValueError) and e.value.param == "eps"
+    back = pickle.loads(pickle.dumps(e.value))
+    assert (type(back), str(back), back.param) == (type(e.value), str(e.value), "eps")
 
 
 def test_unbatched_input_is_refused() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import sys
 import textwrap
 from pathlib import Path
@@ -23,8 +24,13 @@ def test_add_lookup_duplicates_and_unknown() -> None:
     assert reg.names() == ["a", "b"] and reg.lookup("a") == 1 and "b" in reg
     with pytest.raises(ValueError, match="widget 'a' is already registered"):
         reg.add("a", 3)
-    with pytest.raises(UnknownNameError, match=r"unknown widget 'c'; known: a, b"):
+    with pytest.raises(UnknownNameError, match=r"unknown widget 'c'; known: a, b") as e:
         reg.lookup("c")
+    # what callers locate the mistake by, without reading the message; it survives pickling
+    assert (e.value.name, e.value.kind, e.value.known) == ("c", "widget", ("a", "b"))
+    assert isinstance(e.value, KeyError) and isinstance(e.value, ValueError)
+    back = pickle.loads(pickle.dumps(e.value))
+    assert (str(back), back.name, back.known) == (str(e.value), "c", ("a", "b"))
     with pytest.raises(ValueError, match="non-empty string"):
         reg.add("", 4)
 

@@ -62,6 +62,10 @@ def test_family_is_registered_with_its_config() -> None:
         ({"hard_params": {"epsilon": 0.1}}, "hard_params", "unknown parameter 'epsilon'; accepts: eps"),
         ({"learning_rate": 0.1}, "learning_rate", "Extra inputs are not permitted"),
         ({"dense_hidden": [16, 0]}, "dense_hidden", "layer sizes must be integers >= 1"),
+        ({"steps": 10**15}, "steps", "less than or equal to 100000000"),
+        ({"batch_size": 2**21}, "batch_size", "less than or equal to 1048576"),
+        ({"dense_hidden": [16, 10**6]}, "dense_hidden", r"at most 16,384 \(MAX_WIDTH\)"),
+        ({"dense_hidden": [4] * 65}, "dense_hidden", "at most 64 items"),
     ],
 )
 def test_bad_configs_name_the_problem(overrides: dict[str, Any], field: str | None, message: str) -> None:
@@ -71,6 +75,26 @@ def test_bad_configs_name_the_problem(overrides: dict[str, Any], field: str | No
     assert re.search(message, text), text
     if field is not None:
         assert err.value.errors()[0]["loc"][0] == field
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fields"),
+    [
+        ({"ponder_steps": 3}, (("ponder_steps",), ("model",))),
+        ({"model": "elu-dense", "estimator": "dab"}, (("estimator",), ("model",))),
+        ({"train_size": 100}, (("train_size",), ("batch_size",))),
+        ({"hard_params": {"epsilon": 0.1}}, (("hard_params", "epsilon"),)),
+        ({"hard_params": {"eps": -1.0}}, (("hard_params", "eps"),)),
+        ({"checkpoint_every": 7, "eval_every": 5}, (("checkpoint_every",), ("eval_every",))),
+    ],
+)
+def test_rules_over_fields_name_them(overrides: dict[str, Any], fields: tuple[tuple[str, ...], ...]) -> None:
+    from dab_core.config import ConfigError
+
+    with pytest.raises(ValidationError) as err:
+        cfg(**overrides)
+    cause = (err.value.errors()[0].get("ctx") or {}).get("error")
+    assert isinstance(cause, ConfigError) and cause.fields == fields
 
 
 def test_ste_with_a_shape_changing_user_function_is_refused() -> None:

@@ -1,10 +1,10 @@
-"""Expanding a sweep spec into trials (private; the public names are re-exported by
-`workers.spec`): cells in order, each trial's config assembled from params and its cell,
-validated against the family's typed config, with errors reported at the spec field the
-wrong value came from."""
+"""Expanding a sweep spec into trials: cells in order, each trial's config assembled from
+params and its cell, validated against the family's typed config, with errors reported at
+the spec field the wrong value came from; and the keys that name values, cells and trials."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import re
@@ -14,24 +14,75 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from workers._spec_common import (
+from workers.spec.errors import (
+    FieldError,
     FieldPath,
+    Issue,
     SpecError,
-    canonical_json,
-    cell_key_of,
-    format_path,
     get_path,
+    issue_of_exception,
     line_of,
-    literal_known,
     short_repr,
-    suggest,
-    trial_key_of,
-    value_key,
+    spec_error,
 )
 
 if TYPE_CHECKING:
-    from dab_core.experiments import ExperimentFamily
-    from workers.spec import PaperValue, SweepSpec
+    from workers.spec.schema import PaperValue, SweepSpec
+
+#: Digits of the sha256 hex digest kept in a trial key (80 bits: collisions are negligible).
+TRIAL_KEY_LENGTH = 20
+
+# --------------------------------------------------------------------------- keys
+
+
+def canonical_json(obj: Any) -> str:
+    """The canonical JSON text of a JSON value: sorted keys, no spaces, UTF-8 as is.
+
+    Python's float repr is the shortest round-tripping form on every platform, so equal
+    configs give equal text on any machine. Non-finite numbers are refused (not JSON).
+    """
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def normal_value(value: Any) -> Any:
+    """JSON value with integral floats as ints, so 5 and 5.0 compare equal (bools stay bools)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, Mapping):
+        return {k: normal_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [normal_value(v) for v in value]
+    return value
+
+
+def value_key(value: Any) -> str:
+    """A string equal for equal JSON values (``5 == 5.0``; ``true != 1``)."""
+    return canonical_json(normal_value(value))
+
+
+def trial_key_of(config: Mapping[str, Any]) -> str:
+    """The content key of a resolved trial config: sha256 of its canonical JSON, shortened."""
+    return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()[:TRIAL_KEY_LENGTH]
+
+
+_BARE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-/]*$")
+
+
+def cell_key_of(cell: Mapping[str, Any]) -> str:
+    """A short readable key of a cell, independent of key order: ``model=signum-dense,seq_len=5``.
+
+    Strings are written bare when that is unambiguous, everything else as canonical JSON.
+    """
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, str) and _BARE.match(v) and v not in ("true", "false", "null"):
+            return v
+        return canonical_json(v)
+
+    return ",".join(f"{k}={fmt(cell[k])}" for k in sorted(cell))
+
+
+# --------------------------------------------------------------------------- trials
 
 
 @dataclass(frozen=True)
@@ -58,11 +109,15 @@ class Trial:
     trial_key: str
 
 
+#: config path -> the spec path its value was written at
+Provenance = dict[tuple[str | int, ...], FieldPath]
+
+
 @dataclass
 class _Cell:
     values: dict[str, Any]
     origin: FieldPath  # ("grid",) for a product cell, ("include", j) for an include
-    provenance: dict[tuple[str, ...], FieldPath]  # config path -> spec path, for the cell's keys
+    provenance: Provenance  # for the cell's own keys
 
 
 def _iter_cells(spec: SweepSpec) -> Iterator[_Cell]:
@@ -75,7 +130,7 @@ def _iter_cells(spec: SweepSpec) -> Iterator[_Cell]:
             if any(all(vkeys[k][combo[position[k]]] == v for k, v in ex.items()) for ex in excludes):
                 continue
             values = {k: spec.grid[k][i] for k, i in zip(keys, combo, strict=True)}
-            prov: dict[tuple[str, ...], FieldPath] = {}
+            prov: Provenance = {}
             for k, i in zip(keys, combo, strict=True):
                 _provenance(prov, tuple(k.split(".")), ("grid", k, i), spec.grid[k][i])
             yield _Cell(values, ("grid",) if keys else ("params",), prov)
@@ -86,9 +141,7 @@ def _iter_cells(spec: SweepSpec) -> Iterator[_Cell]:
         yield _Cell(dict(inc), ("include", j), prov)
 
 
-def _provenance(
-    prov: dict[tuple[str, ...], FieldPath], cfg: tuple[str, ...], spec: FieldPath, value: Any
-) -> None:
+def _provenance(prov: Provenance, cfg: tuple[str | int, ...], spec: FieldPath, value: Any) -> None:
     prov[cfg] = spec
     if isinstance(value, Mapping):
         for k, v in value.items():
@@ -106,41 +159,44 @@ def _set_path(config: dict[str, Any], parts: Sequence[str], value: Any) -> bool:
     return True
 
 
+def _spec_path(loc: FieldPath, raw: Mapping[str, Any], prov: Provenance) -> FieldPath | None:
+    """Where in the spec the config value at `loc` was written (None: nowhere, a default)."""
+    for n in range(len(loc), 0, -1):
+        head = loc[:n]
+        if head in prov:
+            found, node = get_path(raw, head)
+            rest: list[str | int] = []
+            for part in loc[n:]:
+                ok, node = get_path(node, [part]) if found else (False, None)
+                if not ok:
+                    break
+                rest.append(part)
+            return (*prov[head], *rest)
+    return None
+
+
 class _Expander:
     """Builds and validates the trials of one spec, reporting errors at spec paths."""
 
     def __init__(self, spec: SweepSpec) -> None:
+        from workers.spec.schema import family_of
+
         self.spec = spec
-        self.family = self._family()
+        try:
+            self.family = family_of(spec.experiment)
+        except FieldError as e:
+            raise self.error(e.message, e.rel_path) from None
         self.fields = list(self.family.config_cls.model_fields)
-        self.base_prov: dict[tuple[str, ...], FieldPath] = {("experiment",): ("experiment",)}
+        self.base_prov: Provenance = {("experiment",): ("experiment",)}
         for k, v in spec.params.items():
             _provenance(self.base_prov, (k,), ("params", k), v)
 
-    def error(self, message: str, path: FieldPath, cell: str | None = None, **extra: Any) -> SpecError:
+    def error(self, message: str, path: FieldPath, cell: str | None = None) -> SpecError:
         return SpecError(
-            message,
-            path=path,
-            source=self.spec.source,
-            line=line_of(self.spec._lines, path),
-            cell=cell,
-            **extra,
+            message, path=path, source=self.spec.source, line=line_of(self.spec._lines, path), cell=cell
         )
 
-    def _family(self) -> ExperimentFamily:
-        from dab_core.experiments import experiments
-        from dab_core.registry import UnknownNameError
-
-        try:
-            return experiments.lookup(self.spec.experiment)
-        except UnknownNameError as e:
-            raise self.error(
-                str(e) + suggest(self.spec.experiment, experiments.names()), ("experiment",)
-            ) from None
-
-    def raw_config(
-        self, cell: _Cell, cell_key: str
-    ) -> tuple[dict[str, Any], dict[tuple[str, ...], FieldPath]]:
+    def raw_config(self, cell: _Cell, cell_key: str) -> tuple[dict[str, Any], Provenance]:
         raw = json.loads(json.dumps(self.spec.params))  # a deep copy of plain JSON data
         raw["experiment"] = self.spec.experiment
         prov = dict(self.base_prov)
@@ -157,103 +213,48 @@ class _Expander:
         prov.update(cell.provenance)
         return raw, prov
 
-    def spec_path(
-        self, loc: Sequence[Any], raw: Mapping[str, Any], prov: Mapping[tuple[str, ...], FieldPath]
-    ) -> FieldPath | None:
-        """Where in the spec the config value at pydantic `loc` was written."""
-        loc = tuple(loc)
-        for n in range(len(loc), 0, -1):
-            head = loc[:n]
-            if head in prov:
-                found, node = get_path(raw, head)
-                rest: list[str | int] = []
-                for part in loc[n:]:
-                    ok, node = get_path(node, [part]) if found else (False, None)
-                    if not ok:
-                        break
-                    rest.append(part)
-                return (*prov[head], *rest)  # type: ignore[misc]
-        return None
-
-    def blame(
-        self, message: str, cell: _Cell, prov: Mapping[tuple[str, ...], FieldPath], raw: Mapping[str, Any]
-    ) -> FieldPath:
-        """The spec path a whole-config message is most about: a field it names that the cell
-        sets, else a field it names, else the cell itself."""
-        quoted = _UNKNOWN_NAME.search(message)
-        if quoted:
-            name = quoted.group(1)
+    def place(self, issue: Issue, cell: _Cell, raw: Mapping[str, Any], prov: Provenance) -> FieldPath:
+        """The spec path of a problem of the config `raw`: where its value was written; for a
+        rule over several fields, the first of them that the cell sets, else the first that
+        params sets; for a name, where it was written; else the cell itself."""
+        if issue.blame:
+            placed = [p for p in (_spec_path(f, raw, prov) for f in issue.blame) if p is not None]
+            in_cell = [p for p in placed if p[0] != "params"]
+            if in_cell or placed:
+                return (in_cell or placed)[0]
+        if issue.path:
+            found = _spec_path(issue.path, raw, prov)
+            if found is not None:
+                return found
+        if issue.kind == "missing":
+            return ("params",)
+        if issue.name is not None:
             for cfg_path, spec_path in prov.items():
                 ok, value = get_path(raw, cfg_path)
-                if cfg_path[-1] == name or (ok and value == name):
+                if cfg_path[-1] == issue.name or (ok and value == issue.name):
                     return spec_path
-        hits = []
-        for cfg_path, spec_path in prov.items():
-            if len(cfg_path) != 1 or cfg_path[0] == "experiment":
-                continue
-            m = re.search(rf"(?<![\w.]){re.escape(cfg_path[0])}(?![\w])", message)
-            if m:
-                hits.append((spec_path[0] == "params", m.start(), spec_path))
-        if hits:
-            return min(hits)[2]
         return cell.origin
 
-    def describe(self, err: Mapping[str, Any]) -> str:
-        loc, kind, ctx = tuple(err["loc"]), err["type"], err.get("ctx") or {}
-        field = next(
-            (p for p in reversed(loc) if isinstance(p, str) and p not in ("float", "int", "bool")), ""
-        )
-        fam = self.spec.experiment
-        if kind == "literal_error":
-            known = literal_known(str(ctx.get("expected", "")))
-            return f"unknown {field} {short_repr(err.get('input'))}; known: {', '.join(known)}" + suggest(
-                err.get("input"), known
-            )
-        if kind == "extra_forbidden":
-            known = self.fields if len(loc) == 1 else []
-            hint = f"; known: {', '.join(known)}{suggest(field, known)}" if known else ""
-            return f"unknown field {field!r} for experiment {fam!r}{hint}"
-        if kind == "missing":
-            return f"missing required field {format_path(loc)!r} of experiment {fam!r}: set it in params or the grid"
-        cause = ctx.get("error")
-        if isinstance(cause, Exception):
-            return str(cause)
-        return f"{err['msg']}, got {short_repr(err.get('input'))}"
-
-    def validate(
-        self, raw: dict[str, Any], cell: _Cell, cell_key: str, prov: Mapping[tuple[str, ...], FieldPath]
-    ) -> dict[str, Any]:
-        from dab_core.registry import UnknownNameError
-
+    def validate(self, raw: dict[str, Any], cell: _Cell, cell_key: str, prov: Provenance) -> dict[str, Any]:
         try:
-            text = canonical_json(raw)
-            parsed = self.family.config_cls.model_validate_json(text, strict=True)
+            parsed = self.family.config_cls.model_validate_json(canonical_json(raw), strict=True)
         except ValidationError as e:
-            details: list[dict[str, Any]] = []
-            for err in e.errors(include_url=False):
-                message = self.describe(err)
-                path = self.spec_path(err["loc"], raw, prov) if err["loc"] else None
-                if path is not None:
-                    path = _into_mapping(path, raw, err["loc"], message)
-                if path is None:
-                    path = ("params",) if err["type"] == "missing" else self.blame(message, cell, prov, raw)
-                details.append(
-                    {"path": format_path(path), "line": line_of(self.spec._lines, path), "message": message}
-                )
-            first = details[0]
-            raise SpecError(
-                first["message"],
-                path=first["path"],
+            raise spec_error(
+                e,
+                model=self.family.config_cls,
+                data=raw,
                 source=self.spec.source,
-                line=first["line"],
+                lines=self.spec._lines,
+                place=lambda issue: self.place(issue, cell, raw, prov),
+                owner=self.spec.experiment,
                 cell=cell_key,
-                details=details,
             ) from None
-        except (UnknownNameError, TypeError, ValueError, KeyError) as e:
-            # a family's validator let a non-validation error through (an unknown registry
-            # name, a bad keyword for a hard function): still the spec's mistake
-            message = str(e)
-            raise self.error(message, self.blame(message, cell, prov, raw), cell_key) from None
+        except (TypeError, ValueError, KeyError) as e:
+            # a family's validator let a non-validation error through (a library error such
+            # as UnknownNameError or HardParamTypeError, located by its attributes, or any
+            # other): still the spec's mistake
+            issue = issue_of_exception(e, (), raw)
+            raise self.error(issue.message, self.place(issue, cell, raw, prov), cell_key) from None
         return parsed.model_dump(mode="json")
 
     def trials(self) -> list[Trial]:
@@ -322,18 +323,6 @@ class _Expander:
                 claimed[(i, metric)] = j
 
 
-_UNKNOWN_NAME = re.compile(r"unknown [\w ]+? '([^']*)'")
-
-
-def _into_mapping(path: FieldPath, raw: Mapping[str, Any], loc: Sequence[Any], message: str) -> FieldPath:
-    """A message about an unknown key of a mapping field points at that key, not the mapping."""
-    ok, value = get_path(raw, [p for p in loc if isinstance(p, str | int)])
-    m = _UNKNOWN_NAME.search(message)
-    if ok and isinstance(value, Mapping) and m and m.group(1) in value:
-        return (*path, m.group(1))
-    return path
-
-
 def _matches(match: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
     for k, v in match.items():
         ok, value = get_path(config, k.split("."))
@@ -357,4 +346,13 @@ def paper_values(spec: SweepSpec, config: Mapping[str, Any]) -> list[PaperValue]
     return [p for p in spec.paper if _matches(p.match, config)]
 
 
-__all__ = ["Trial", "expand", "paper_values"]
+__all__ = [
+    "TRIAL_KEY_LENGTH",
+    "Trial",
+    "canonical_json",
+    "cell_key_of",
+    "expand",
+    "paper_values",
+    "trial_key_of",
+    "value_key",
+]

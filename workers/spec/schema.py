@@ -1,0 +1,395 @@
+"""The sweep spec's schema: `SweepSpec`, `SweepSuite`, `Resources`, `Limits`, `PaperValue`,
+and the rules beyond field types (see `workers.spec`). Validators raise `FieldError` with a
+path relative to what they validate; `workers.spec.errors.spec_error` turns pydantic's errors
+into a `SpecError`.
+
+Validate through `workers.spec.parse_spec` / `load_spec`: they first check that the document
+is plain JSON (string keys, finite numbers, bounded depth), which these models then assume.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from workers.spec.count import count_formula, count_trials
+from workers.spec.errors import FieldError, FieldPath, short_repr, suggest
+from workers.spec.expand import value_key
+
+if TYPE_CHECKING:
+    from dab_core.experiments import ExperimentFamily
+
+#: Most trials one sweep (or one suite) may expand to. The paper's grid is 670; 10,000 keeps
+#: expansion and validation around a second and Ray Tune's experiment state small. Split a
+#: larger study into several sweeps. ``limits.max_trials`` can only lower it.
+MAX_TRIALS = 10_000
+#: Most replicates (seeds) per cell, and the most grid axes.
+MAX_REPLICATES = 1_000
+MAX_GRID_AXES = 64
+
+Mode = Literal["max", "min"]
+
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_RESERVED = {
+    "experiment": "the family is the spec's top-level 'experiment'",
+    "seed": "seeds come from 'replicates' (a count, or a list of seeds)",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Resources(_Strict):
+    """What one trial asks the cluster for."""
+
+    cpu: float = Field(default=1.0, gt=0, le=1024, description="CPU cores per trial (fractions allowed)")
+    gpu: float = Field(
+        default=0.0, ge=0, le=64, description="GPUs per trial: a fraction of one, or whole GPUs"
+    )
+    memory_gb: float | None = Field(default=None, gt=0, le=100_000, description="memory per trial in GiB")
+
+    @model_validator(mode="after")
+    def _whole_gpus_above_one(self) -> Resources:
+        if self.gpu > 1 and not float(self.gpu).is_integer():
+            raise FieldError(("gpu",), f"a trial takes a fraction of one GPU or whole GPUs, got {self.gpu}")
+        return self
+
+
+class Limits(_Strict):
+    """How the sweep runs (Ray Tune's TuneConfig and FailureConfig) and how large it may be."""
+
+    max_concurrent: int | None = Field(default=None, ge=1, le=100_000, description="trials running at once")
+    max_failures: int = Field(
+        default=2, ge=0, le=100, description="retries of a failed trial (from its checkpoint)"
+    )
+    max_trials: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TRIALS,
+        description=f"refuse the spec above this many trials (<= {MAX_TRIALS})",
+    )
+
+
+class PaperValue(_Strict):
+    """A number the paper reports for the cells that `match` selects.
+
+    `match` maps config fields (dotted paths allowed) to values; a cell matches when its
+    resolved config has all of them. `value` is in the metric's own units (accuracies as
+    fractions: the paper's 99.3% is 0.993).
+    """
+
+    match: dict[str, Any] = Field(default_factory=dict)
+    value: float
+    std: float | None = Field(default=None, ge=0)
+    metric: str | None = Field(default=None, min_length=1, description="default: the spec's metric")
+    source: str = Field(default="", max_length=200, description="where in the paper, e.g. 'Table 1'")
+
+
+class SweepSpec(_Strict):
+    """One sweep: a family, fixed params, grid axes, cells, seeds, resources and limits.
+
+    Without ``metric``, a sweep optimises its family's default metric (declared in
+    `dab_core.metrics`); without ``mode``, in the direction the family declares for that
+    metric (``max`` for a metric it does not declare). Both are filled in by validation.
+    """
+
+    name: str = Field(pattern=_NAME_PATTERN, description="letters, digits, '.', '_' or '-'")
+    experiment: str = Field(pattern=_NAME_PATTERN, description="experiment family (registry name)")
+    description: str = Field(default="", max_length=20_000)
+    params: dict[str, Any] = Field(default_factory=dict, description="config fields fixed for all trials")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="axes: field -> values")
+    include: list[dict[str, Any]] = Field(default_factory=list, description="cells added to the product")
+    exclude: list[dict[str, Any]] = Field(default_factory=list, description="product cells removed")
+    replicates: int | list[int] = Field(default=1, description="a count n (seeds 0..n-1) or a list of seeds")
+    resources: Resources = Field(default_factory=lambda: Resources.model_validate({}))
+    metric: str | None = Field(
+        default=None, min_length=1, description="reported metric to optimise (default: the family's)"
+    )
+    mode: Mode | None = Field(
+        default=None, description="max or min (default: the metric's declared direction)"
+    )
+    limits: Limits = Field(default_factory=lambda: Limits.model_validate({}))
+    duration_hours: float | None = Field(
+        default=None, gt=0, description="estimated hours per trial (preview's totals)"
+    )
+    paper: list[PaperValue] = Field(default_factory=list, description="the paper's numbers per cell")
+
+    _source: str = PrivateAttr("<spec>")
+    _lines: dict[FieldPath, int] = PrivateAttr(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        """The file this spec was read from, or ``"<spec>"``."""
+        return self._source
+
+    @property
+    def seeds(self) -> list[int]:
+        r = self.replicates
+        return list(range(r)) if isinstance(r, int) else list(r)
+
+    @property
+    def resolved_metric(self) -> str:
+        """The metric the sweep optimises (the spec's, or the family's default)."""
+        assert self.metric is not None  # filled by validation
+        return self.metric
+
+    @property
+    def resolved_mode(self) -> Mode:
+        """The direction it is optimised in (the spec's, or the metric's declared one)."""
+        assert self.mode is not None  # filled by validation
+        return self.mode
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_metric(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or not isinstance(data.get("experiment"), str):
+            return data
+        if data.get("metric") is not None and data.get("mode") is not None:
+            return data
+        found = _family(data["experiment"])
+        if found is None:
+            return data  # the after-validator names the unknown family
+        data = dict(data)
+        if data.get("metric") is None:
+            data["metric"] = found.metrics.default
+        if data.get("mode") is None and isinstance(data["metric"], str):
+            data["mode"] = found.metrics.get(data["metric"]).mode
+        return data
+
+    @field_validator("replicates", mode="before")
+    @classmethod
+    def _replicates(cls, value: Any) -> Any:
+        expected = f"a count from 1 to {MAX_REPLICATES} (seeds 0..n-1) or a non-empty list of seeds"
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not 1 <= value <= MAX_REPLICATES:
+                raise FieldError((), f"expected {expected}, got {value}")
+            return value
+        if isinstance(value, list) and value:
+            if len(value) > MAX_REPLICATES:
+                raise FieldError((), f"at most {MAX_REPLICATES} seeds, got {len(value)}")
+            seen: dict[int, int] = {}
+            for i, s in enumerate(value):
+                if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**63:
+                    raise FieldError((i,), f"a seed is an integer from 0 to 2**63-1, got {short_repr(s)}")
+                if s in seen:
+                    raise FieldError((i,), f"seed {s} is listed twice (also at [{seen[s]}])")
+                seen[s] = i
+            return value
+        raise FieldError((), f"expected {expected}, got {short_repr(value)}")
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _axes_are_lists(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                if not isinstance(v, list):
+                    raise FieldError(
+                        (str(k),),
+                        f"an axis is a non-empty list of values, got {short_repr(v)} "
+                        "(a value fixed for all trials goes in params)",
+                    )
+        return value
+
+    @model_validator(mode="after")
+    def _semantics(self) -> SweepSpec:
+        family_of(self.experiment)
+        _check_params(self.params)
+        _check_grid(self.grid, self.params)
+        _check_cells(self.include, "include")
+        _check_excludes(self.exclude, self.grid)
+        _check_paper(self.paper)
+        n = count_trials(self)
+        limit = min(MAX_TRIALS, self.limits.max_trials or MAX_TRIALS)
+        if n > limit:
+            which = "limits.max_trials" if limit < MAX_TRIALS else "MAX_TRIALS, the service's limit"
+            raise FieldError(
+                ("grid",) if self.grid else (),
+                f"the spec expands to {n:,} trials ({count_formula(self)}); the limit is {limit:,} "
+                f"({which}): split the study into several sweeps",
+            )
+        return self
+
+
+class SweepSuite(_Strict):
+    """A file that lists spec files (``include``, paths relative to the suite file).
+
+    Load it with `load_spec`; `specs` then holds every listed spec (nested suites flattened),
+    each with the path it was listed under.
+    """
+
+    name: str = Field(pattern=_NAME_PATTERN)
+    description: str = Field(default="", max_length=20_000)
+    include: list[str] = Field(min_length=1, description="spec (or suite) files, relative to this file")
+
+    _source: str = PrivateAttr("<spec>")
+    _members: list[tuple[str, SweepSpec]] = PrivateAttr(default_factory=list)
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def specs(self) -> list[tuple[str, SweepSpec]]:
+        """``(file as listed, spec)`` for every spec of the suite, in order."""
+        return list(self._members)
+
+    @field_validator("include")
+    @classmethod
+    def _unique_files(cls, files: list[str]) -> list[str]:
+        seen: dict[str, int] = {}
+        for i, f in enumerate(files):
+            if not f.strip():
+                raise FieldError((i,), "empty file name")
+            if f in seen:
+                raise FieldError((i,), f"{f!r} is listed twice (also at [{seen[f]}])")
+            seen[f] = i
+        return files
+
+
+# --------------------------------------------------------------------------- the family
+
+
+def _family(name: str) -> ExperimentFamily | None:
+    from dab_core.experiments import experiments
+
+    return experiments.lookup(name) if name in experiments else None
+
+
+def family_of(name: str) -> ExperimentFamily:
+    """The experiment family registered as `name`; FieldError at ``experiment`` listing the
+    known families otherwise."""
+    from dab_core.experiments import experiments
+    from dab_core.registry import UnknownNameError
+
+    try:
+        return experiments.lookup(name)
+    except UnknownNameError as e:
+        raise FieldError(
+            ("experiment",),
+            f"unknown experiment family {name!r}; known: {', '.join(e.known)}{suggest(name, e.known)}",
+        ) from None
+
+
+# --------------------------------------------------------------------------- spec checks
+
+
+def _key_error(key: str) -> str | None:
+    if not isinstance(key, str) or not _KEY.match(key):
+        return f"{short_repr(key)} is not a field name (letters, digits and '_', dotted for nested fields)"
+    head = key.split(".")[0]
+    if head in _RESERVED:
+        return f"{head!r} cannot be set here: {_RESERVED[head]}"
+    return None
+
+
+def _check_params(params: Mapping[str, Any]) -> None:
+    for k in params:
+        head = k.split(".")[0]
+        if head in _RESERVED:
+            raise FieldError(("params", k), f"{head!r} cannot be set in params: {_RESERVED[head]}")
+        if "." in k:
+            raise FieldError(
+                ("params", k), "params is the nested config itself: write nested fields as mappings"
+            )
+
+
+def _has_path(tree: Mapping[str, Any], parts: Sequence[str]) -> bool:
+    node: Any = tree
+    for p in parts:
+        if not isinstance(node, Mapping) or p not in node:
+            return False
+        node = node[p]
+    return True
+
+
+def _prefix_clash(keys: Sequence[str]) -> tuple[str, str] | None:
+    parts = {k: tuple(k.split(".")) for k in keys}
+    for a, b in itertools.permutations(keys, 2):
+        pa, pb = parts[a], parts[b]
+        if len(pa) < len(pb) and pb[: len(pa)] == pa:
+            return a, b
+    return None
+
+
+def _check_grid(grid: Mapping[str, list[Any]], params: Mapping[str, Any]) -> None:
+    if len(grid) > MAX_GRID_AXES:
+        raise FieldError(("grid",), f"at most {MAX_GRID_AXES} axes, got {len(grid)}")
+    for k, values in grid.items():
+        err = _key_error(k)
+        if err:
+            raise FieldError(("grid", k), err)
+        if not values:
+            raise FieldError(("grid", k), "an axis needs at least one value")
+        if _has_path(params, k.split(".")):
+            raise FieldError(
+                ("grid", k), f"also fixed in params.{k}: a field is either fixed (params) or swept (grid)"
+            )
+        seen: dict[str, int] = {}
+        for i, v in enumerate(values):
+            vk = value_key(v)
+            if vk in seen:
+                raise FieldError(("grid", k, i), f"duplicate value {short_repr(v)} (also at [{seen[vk]}])")
+            seen[vk] = i
+    clash = _prefix_clash(list(grid))
+    if clash:
+        raise FieldError(("grid", clash[1]), f"overlaps axis {clash[0]!r}: one field cannot be swept twice")
+
+
+def _check_cells(cells: Sequence[Mapping[str, Any]], where: str) -> None:
+    seen: dict[str, int] = {}
+    for j, cell in enumerate(cells):
+        if not cell:
+            raise FieldError((where, j), "an empty cell: list the fields that make this cell")
+        for k in cell:
+            err = _key_error(k)
+            if err:
+                raise FieldError((where, j, k), err)
+        clash = _prefix_clash(list(cell))
+        if clash:
+            raise FieldError((where, j, clash[1]), f"overlaps {clash[0]!r} in the same cell")
+        ck = value_key(cell)
+        if ck in seen:
+            raise FieldError((where, j), f"the same cell as {where}[{seen[ck]}]")
+        seen[ck] = j
+
+
+def _check_excludes(excludes: Sequence[Mapping[str, Any]], grid: Mapping[str, list[Any]]) -> None:
+    """Excludes name grid axes. Whether their values are on the axes is checked when the spec
+    is expanded, after the grid's own values: a wrong grid value is the mistake to report,
+    not the exclude it leaves without a match."""
+    _check_cells(excludes, "exclude")
+    for j, ex in enumerate(excludes):
+        for k in ex:
+            if k not in grid:
+                axes = ", ".join(grid) or "none"
+                raise FieldError(
+                    ("exclude", j, k),
+                    f"{k!r} is not a grid axis (axes: {axes}); an exclude removes cells of the grid's product",
+                )
+
+
+def _check_paper(entries: Sequence[PaperValue]) -> None:
+    for j, entry in enumerate(entries):
+        for k in entry.match:
+            if not isinstance(k, str) or not _KEY.match(k) or k.split(".")[0] == "seed":
+                raise FieldError(("paper", j, "match", k), f"{short_repr(k)} is not a config field to match")
+
+
+__all__ = [
+    "MAX_GRID_AXES",
+    "MAX_REPLICATES",
+    "MAX_TRIALS",
+    "Limits",
+    "Mode",
+    "PaperValue",
+    "Resources",
+    "SweepSpec",
+    "SweepSuite",
+    "family_of",
+]
