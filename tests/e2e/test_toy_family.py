@@ -33,8 +33,7 @@ SPEC = {
     "params": {"steps": 4, "eval_every": 1, "num_threads": 1},
     "grid": {"offset": [0.0, 2.0]},
     "replicates": 2,
-    "metric": "toy_error",
-    "mode": "min",
+    # no metric, no mode: both come from the toy family's declaration
     "resources": {"cpu": 1},
     "limits": {"max_concurrent": 2},
 }

@@ -262,8 +262,7 @@ TOY = {
     "params": {"steps": 4, "eval_every": 1},
     "grid": {"offset": [0.0, 2.0]},
     "replicates": 2,
-    "metric": "toy_error",
-    "mode": "min",
+    # no metric, no mode: both come from the toy family's declaration
 }
 
 
