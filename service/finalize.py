@@ -44,9 +44,8 @@ class Finalizer:
                         sweep = crud.update_sweep(
                             s, sweep.id, mlflow_experiment_id=exp_id, parent_run_id=parent
                         )
-            runs = self.reads.runs(sweep, fresh=True)
-            results = self.reads.compute_results(sweep, None, None, None, runs=runs, check_metrics=False)
-            report = self.reads.compute_report(sweep, runs=runs)
+            results, results_runs = self.reads.default_results(sweep)
+            report = self.reads.compute_report(sweep, runs=self.reads.runs(sweep, fresh=True))
             artifact_path = self._log_report(sweep, report["markdown"], report["figures"])
         except Exception as e:
             n = self._failures[sweep_id] = self._failures.get(sweep_id, 0) + 1
@@ -57,6 +56,7 @@ class Finalizer:
                 s,
                 sweep.id,
                 results=results,
+                results_runs=results_runs,
                 report=encode_report(report["markdown"], report["figures"], artifact_path),
                 finalized_at=utcnow(),
             )

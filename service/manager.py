@@ -344,6 +344,14 @@ class SweepManager:
                 changed["mlflow_experiment_id"] = exp_id
             if parent and parent != sweep.parent_run_id:
                 changed["parent_run_id"] = parent
+        counts = fields.get("counts") or sweep.counts or {}
+        done = int(counts.get("finished", 0)) + int(counts.get("skipped", 0))
+        exp_id = changed.get("mlflow_experiment_id") or sweep.mlflow_experiment_id
+        if exp_id and sweep.results_runs != done:  # a trial finished: its run joins the results
+            try:
+                changed["results"], changed["results_runs"] = self.reads.default_results(sweep, exp_id)
+            except Exception as e:
+                log.warning("sweep %s: results not refreshed: %s: %s", sweep.id, type(e).__name__, e)
         if changed or sweep.snapshot_at is None:
             with self.sessions() as s:
                 crud.update_sweep(s, sweep.id, snapshot_at=now, **changed)

@@ -1,8 +1,9 @@
 """The read side of the API: typed queries the routers call. No query writes anything.
 
 * A sweep and the list: the row, and nothing else (the reconciler keeps it current).
-* An ended sweep's default results and its report: stored in the row when it ended.
-* A running sweep's results, trials and report, and non-default queries of an ended one: from
+* A sweep's default results (its metric as declared): the row's, which the reconciler
+  recomputes whenever a trial finishes; an ended sweep's report: stored in the row when it ended.
+* A running sweep's trials and report, and non-default results queries: from
   MLflow (the record of trials) behind a short TTL (`LIVE_TTL_S`, cachetools with a condition,
   so that fifty clients asking at once cost one MLflow query).
 * Expansions of stored specs (for results and reports): an LRU keyed by the spec's hash; a
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import json
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -37,15 +39,16 @@ from service.api.schemas import (
 )
 from service.core.config import Settings
 from service.core.errors import InvalidRequestError, NotFoundError
-from service.db.models import TERMINAL_STATES, Sweep
+from service.db.models import Sweep
 from workers.spec import SweepSpec, Trial, expand, parse_spec
 
 #: How long a running sweep's MLflow-backed answers are reused (seconds).
 LIVE_TTL_S = 2.0
 
 
-#: The columns every read of a sweep loads; the large ones only on request.
-_LARGE = ("plan", "trials", "results", "report")
+#: The columns every read of a sweep loads; the large ones only on request. The spec is large
+#: and never changes: `Reads.spec` keeps it in an LRU.
+_LARGE = ("spec", "plan", "trials", "results", "report")
 _SMALL_COLUMNS = tuple(c for c in Sweep.__table__.c if c.name not in _LARGE)
 
 
@@ -114,6 +117,7 @@ class Reads:
     sessions: sessionmaker[Session]
     _mlflow: Any = None
     _expansions: LRUCache[Any, tuple[SweepSpec, list[Trial]]] = field(default_factory=lambda: LRUCache(64))
+    _specs: LRUCache[str, dict[str, Any]] = field(default_factory=lambda: LRUCache(1024))
     _live: TTLCache[Any, Any] = field(default_factory=lambda: TTLCache(maxsize=512, ttl=LIVE_TTL_S))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _done: threading.Condition = field(init=False)
@@ -140,6 +144,16 @@ class Reads:
         if row is None:
             raise NotFoundError(f"no sweep {sweep_id!r}", field="sweep_id")
         return row  # type: ignore[return-value]  # a Row has the Sweep's attributes
+
+    def spec(self, sweep_id: str) -> dict[str, Any]:
+        """The sweep's stored spec (immutable once submitted, so an LRU never serves it stale)."""
+        with self._lock:
+            hit = self._specs.get(sweep_id)
+        if hit is None:
+            hit = self.sweep(sweep_id, "spec").spec
+            with self._lock:
+                self._specs[sweep_id] = hit
+        return hit
 
     def sweeps(self, states: Sequence[str] | None, limit: int, offset: int) -> SweepsPublic:
         with self.sessions() as s:
@@ -169,7 +183,7 @@ class Reads:
             mlflow_experiment_id=sweep.mlflow_experiment_id,
             parent_run_id=sweep.parent_run_id,
             tracking_uri=self.settings.tracking_uri,
-            spec=sweep.spec,
+            spec=self.spec(sweep.id),
             links=self._links(sweep, base_url),
         )
 
@@ -202,7 +216,7 @@ class Reads:
         with self._lock:
             hit = self._expansions.get(key)
         if hit is None:
-            spec = parse_spec(dict(sweep.spec), source=f"sweep {sweep.id}")
+            spec = parse_spec(dict(self.spec(sweep.id)), source=f"sweep {sweep.id}")
             hit = (spec, expand(spec))
             with self._lock:
                 self._expansions[key] = hit
@@ -214,15 +228,16 @@ class Reads:
             compute
         )()
 
-    def runs(self, sweep: Sweep, fresh: bool = False) -> dict[str, Any]:
+    def runs(self, sweep: Sweep, fresh: bool = False, experiment_id: str | None = None) -> dict[str, Any]:
         """trial_key -> its MLflow run (`service.results.TrialRun`); `fresh`: bypass the TTL."""
-        if not sweep.mlflow_experiment_id:
+        exp_id = experiment_id or sweep.mlflow_experiment_id
+        if not exp_id:
             return {}
         from service.results import trial_runs
 
         def compute() -> dict[str, Any]:
             self.mlflow_queries += 1
-            return trial_runs(self.mlflow(), str(sweep.mlflow_experiment_id), sweep.id)
+            return trial_runs(self.mlflow(), str(exp_id), sweep.id)
 
         if fresh:
             return compute()
@@ -272,17 +287,24 @@ class Reads:
 
     def results(
         self, sweep_id: str, metrics: Sequence[str] | None, agg: str | None, reference: str | None
-    ) -> dict[str, Any]:
-        """The results body: stored for an ended sweep's default query, else from MLflow."""
-        default = not metrics and agg is None and reference is None
-        if default:
+    ) -> str:
+        """The results body as JSON text. The default query is the row's (the reconciler keeps
+        it current); any other is computed from MLflow behind the TTL."""
+        if not metrics and agg is None and reference is None:
             sweep = self.sweep(sweep_id, "results")
             if sweep.results is not None:
                 return sweep.results
         else:
             sweep = self.sweep(sweep_id)
         key = ("results", sweep.id, sweep.state, tuple(metrics or ()), agg, reference)
-        return self.live(key, lambda: self.compute_results(sweep, metrics, agg, reference))  # type: ignore[no-any-return]
+        return self.live(key, lambda: json.dumps(self.compute_results(sweep, metrics, agg, reference)))  # type: ignore[no-any-return]
+
+    def default_results(self, sweep: Sweep, experiment_id: str | None = None) -> tuple[str, int]:
+        """(the default results body as JSON text, the FINISHED runs it holds), fresh from MLflow:
+        what the reconciler stores in the row."""
+        runs = self.runs(sweep, fresh=True, experiment_id=experiment_id)
+        body = self.compute_results(sweep, None, None, None, runs=runs, check_metrics=False)
+        return json.dumps(body), finished_runs(runs)
 
     def compute_results(
         self,
@@ -359,8 +381,9 @@ class Reads:
         return figures[name]  # type: ignore[no-any-return]
 
 
-def is_ended(sweep: Sweep) -> bool:
-    return sweep.state in TERMINAL_STATES
+def finished_runs(runs: dict[str, Any]) -> int:
+    """How many trials have a FINISHED run: what a sweep's results are made of."""
+    return sum(1 for r in runs.values() if r.status == "FINISHED")
 
 
 __all__ = [
@@ -369,6 +392,7 @@ __all__ = [
     "as_public",
     "decode_figures",
     "encode_report",
+    "finished_runs",
     "history_points",
     "history_values",
 ]

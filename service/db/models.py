@@ -58,9 +58,14 @@ class Sweep(Base):
     # trial_key -> {state, attempts, last_step, run_id, error}, as the driver last reported.
     trials: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, deferred=True)
     snapshot_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    # Written once when the sweep has ended: the default results (the spec's metric, its
-    # declared aggregation) and the report ({markdown, figures: {name: base64 PNG}, artifact_path}).
-    results: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, deferred=True)
+    # The default results (the spec's metric, its declared aggregation) as the JSON body the
+    # API answers, and how many FINISHED runs they hold: the reconciler recomputes them when a
+    # trial finishes (only FINISHED runs count, and a finished run's values never change), and
+    # once more when the sweep ends.
+    results: Mapped[str | None] = mapped_column(Text, nullable=True, deferred=True)
+    results_runs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Written once when the sweep has ended: the report ({markdown, figures: {name: base64
+    # PNG}, artifact_path}).
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, deferred=True)
     finalized_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -158,14 +158,16 @@ def test_an_ended_sweep_is_finalized_once_and_read_from_its_row(running: Any, tm
     assert row.state == "finished" and row.finalized_at is not None and row.eta_s is None
     # trials 0 and 1 (seed 0 of each cell) finished; 2 runs, 3 failed: one value per cell,
     # each run's maximum (0.9, 0.7; their last values were 0.5, 0.6), as sorting declares
-    stats = [c["metrics"]["test_all_or_none"] for c in row.results["cells"]]
+    stored = json.loads(row.results)
+    assert stored["state"] == "finished" and row.results_runs == 2
+    stats = [c["metrics"]["test_all_or_none"] for c in stored["cells"]]
     assert [(s["n"], s["values"], s["seeds"]) for s in stats] == [(1, [0.9], [0]), (1, [0.7], [0])]
     # logged once on the parent run
     names = {a.path for a in played["client"].list_artifacts(played["parent"], "report")}
     assert "report/report.md" in names
     queries = manager.reads.mlflow_queries
     results = api.http.get(f"/v1/sweeps/{sweep_id}/results").json()
-    assert results["cells"] == row.results["cells"] and manager.reads.mlflow_queries == queries
+    assert results == stored and manager.reads.mlflow_queries == queries
     report = api.http.get(f"/v1/sweeps/{sweep_id}/report").json()
     assert report["artifact_path"] == f"runs:/{played['parent']}/report"
     assert "Table 1" in report["markdown"]
@@ -194,7 +196,38 @@ def test_a_failed_finalize_is_retried_and_reads_fall_back_to_mlflow(running: Any
     jobs.state = "SUCCEEDED"
     manager.reconcile_all()
     assert manager.reads.sweep(sweep_id).finalized_at is None  # nothing half-written
-    assert manager.reads.sweep(sweep_id, "results").results is None
-    assert api.http.get(f"/v1/sweeps/{sweep_id}/results").status_code == 200  # from MLflow meanwhile
+    assert manager.reads.sweep(sweep_id, "report").report is None
+    assert api.http.get(f"/v1/sweeps/{sweep_id}/report").status_code == 200  # from MLflow meanwhile
     manager.reconcile_all()
-    assert manager.reads.sweep(sweep_id).finalized_at is not None and calls["n"] == 2
+    # calls: the failed pass, the GET above (computed, not stored), the pass that stored it
+    assert manager.reads.sweep(sweep_id).finalized_at is not None and calls["n"] == 3
+
+
+def test_a_running_sweeps_results_are_the_rows_and_follow_finished_trials(running: Any) -> None:
+    api, sweep_id, _jobs, played = running
+    manager = _manager(api)
+    row = manager.reads.sweep(sweep_id, "results")
+    assert row.results_runs == 2  # the two FINISHED runs
+    queries = manager.reads.mlflow_queries
+    for _ in range(5):
+        body = api.http.get(f"/v1/sweeps/{sweep_id}/results").json()
+    assert manager.reads.mlflow_queries == queries  # read from the row, not from MLflow
+    assert body["state"] == "running" and [c["metrics"]["test_all_or_none"]["n"] for c in body["cells"]] == [1, 1]
+    manager.reconcile_all()  # nothing finished since: not recomputed
+    assert manager.reads.mlflow_queries == queries
+    # the running trial finishes: the next pass recomputes the results with it
+    key = next(k for k, t in played["trials"].items() if t["state"] == "running")
+    played["client"].set_terminated(played["trials"][key]["run_id"], "FINISHED")
+    status_path = Path(manager.reads.sweep(sweep_id).sweep_dir) / STATUS_FILE
+    status = json.loads(status_path.read_text())
+    status["trials"][key]["state"] = "finished"
+    status["counts"] = {**status["counts"], "finished": 3, "running": 0}
+    atomic_write_json(status_path, status)
+    manager.reconcile_all()
+    assert manager.reads.sweep(sweep_id).results_runs == 3
+    body = api.http.get(f"/v1/sweeps/{sweep_id}/results").json()
+    cell = next(c for c in body["cells"] if c["metrics"]["test_all_or_none"]["n"] == 2)
+    assert sorted(cell["metrics"]["test_all_or_none"]["values"]) == [0.3, 0.9]
+    # a query other than the default is computed from MLflow
+    final = api.http.get(f"/v1/sweeps/{sweep_id}/results", params={"agg": "final"}).json()
+    assert sorted(v for c in final["cells"] for v in c["metrics"]["test_all_or_none"]["values"]) == [0.3, 0.5, 0.6]

@@ -155,12 +155,12 @@ def get_results(
     """Per cell: n, mean, std, min, max of the chosen metrics, the paper's value, Welch's p."""
     from service.results import to_csv, to_markdown
 
-    res = reads.results(sweep_id, metric, agg, reference)
+    body = reads.results(sweep_id, metric, agg, reference)
     if format == "csv":
-        return _conditional(request, to_csv(res).encode(), "text/csv; charset=utf-8")
+        return _conditional(request, to_csv(json.loads(body)).encode(), "text/csv; charset=utf-8")
     if format == "markdown":
-        return _conditional(request, to_markdown(res).encode(), "text/markdown; charset=utf-8")
-    return _conditional(request, json.dumps(res).encode(), "application/json")
+        return _conditional(request, to_markdown(json.loads(body)).encode(), "text/markdown; charset=utf-8")
+    return _conditional(request, body.encode(), "application/json")
 
 
 @router.get(

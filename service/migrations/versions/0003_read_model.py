@@ -25,7 +25,8 @@ def upgrade() -> None:
         batch.add_column(sa.Column("last_error", sa.Text(), nullable=True))
         batch.add_column(sa.Column("trials", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("snapshot_at", sa.DateTime(timezone=True), nullable=True))
-        batch.add_column(sa.Column("results", sa.JSON(), nullable=True))
+        batch.add_column(sa.Column("results", sa.Text(), nullable=True))
+        batch.add_column(sa.Column("results_runs", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("report", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("finalized_at", sa.DateTime(timezone=True), nullable=True))
 
