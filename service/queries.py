@@ -24,6 +24,7 @@ from typing import Any
 from cachetools import LRUCache, TTLCache, cached
 from cachetools.keys import hashkey
 from sqlalchemy import Engine, bindparam, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import crud
@@ -120,6 +121,7 @@ class Reads:
     _specs: LRUCache[str, dict[str, Any]] = field(default_factory=lambda: LRUCache(1024))
     _live: TTLCache[Any, Any] = field(default_factory=lambda: TTLCache(maxsize=512, ttl=LIVE_TTL_S))
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _local: threading.local = field(default_factory=threading.local)
     _done: threading.Condition = field(init=False)
     mlflow_queries: int = 0  # MLflow searches made, for tests
 
@@ -139,11 +141,28 @@ class Reads:
         A Core select on a pooled connection: a quarter of an ORM session's cost, which is
         most of what the hot ``GET /v1/sweeps/{id}`` spends (docs/service.md, Benchmark).
         """
-        with self.engine.connect() as conn:
-            row = conn.execute(_select_sweep(columns), {"sweep_id": sweep_id}).first()
+        row = self._read(_select_sweep(columns), {"sweep_id": sweep_id})
         if row is None:
             raise NotFoundError(f"no sweep {sweep_id!r}", field="sweep_id")
         return row  # type: ignore[return-value]  # a Row has the Sweep's attributes
+
+    def _read(self, query: Any, params: dict[str, Any]) -> Any:
+        """One row, on this thread's own AUTOCOMMIT connection: each statement is its own
+        transaction (it sees every commit before it), and no pool checkout and rollback per read.
+        A connection the database dropped is replaced once."""
+        for attempt in (0, 1):
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = self.engine.connect().execution_options(
+                    isolation_level="AUTOCOMMIT"
+                )
+            try:
+                return conn.execute(query, params).first()
+            except DBAPIError as e:
+                self._local.conn = None
+                if attempt or not e.connection_invalidated:
+                    raise
+        return None
 
     def spec(self, sweep_id: str) -> dict[str, Any]:
         """The sweep's stored spec (immutable once submitted, so an LRU never serves it stale)."""
