@@ -235,7 +235,12 @@ def main() -> int:
     p.add_argument("--api-url", default=None, help="measure a running service instead of starting one")
     p.add_argument("--client", choices=("auto", "wrk", "python"), default="auto", help="auto: wrk if found")
     p.add_argument("--pin", action="store_true", help="the server on CPU 0, everything else on the rest")
-    p.add_argument("--baseline", default=None, help="a git ref to measure too, in the same run")
+    p.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        help="a git ref to measure too, in the same run (repeatable)",
+    )
     p.add_argument("--rounds", type=int, default=1, help="with --baseline: alternations of the two")
     a = p.parse_args()
     if a.pin and (a.api_url or not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2):
@@ -253,17 +258,16 @@ def main() -> int:
     if a.pin:
         os.sched_setaffinity(0, others)  # this script, and wrk, which inherits it
     token = os.environ.get("DAB_API_TOKEN") if a.api_url else None
-    worktree = None
-    if a.baseline:
-        worktree = Path(tempfile.mkdtemp(prefix="dab-bench-baseline-"))
+    worktrees: dict[str, Path] = {}
+    for ref in a.baseline:
+        worktrees[ref] = Path(tempfile.mkdtemp(prefix="dab-bench-baseline-"))
         subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), a.baseline],
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktrees[ref]), ref],
             check=True,
             capture_output=True,
         )
-    runs: list[tuple[str, Path | None]] = [("current", None)]
-    if worktree is not None:
-        runs = [r for _ in range(a.rounds) for r in ((f"{a.baseline}", worktree), ("current", None))]
+    one_round: list[tuple[str, Path | None]] = [*worktrees.items(), ("current", None)]
+    runs = [r for _ in range(a.rounds if worktrees else 1) for r in one_round]
     print(
         f"{a.clients} concurrent clients ({client}), {a.seconds:.0f} s per route, a sorting sweep training"
         + (f"; server pinned to CPU {sorted(server_cpu)}, Ray and load on {sorted(others)}" if a.pin else "")
@@ -288,18 +292,16 @@ def main() -> int:
             for route, m in results.items():
                 print(_row(label, route, m, a.seconds), flush=True)
                 p99.setdefault((label, route), []).append(m["p99"])
-        if worktree is not None:
+        for ref in worktrees:
             for route in ("sweep", "results"):
-                before = statistics.median(p99[(a.baseline, route)])
+                before = statistics.median(p99[(ref, route)])
                 after = statistics.median(p99[("current", route)])
                 print(
-                    f"p99 current/{a.baseline} {route}: {after / before:.2f} ({after * 1e3:.1f} vs {before * 1e3:.1f} ms)"
+                    f"p99 current/{ref} {route}: {after / before:.2f} ({after * 1e3:.1f} vs {before * 1e3:.1f} ms)"
                 )
     finally:
-        if worktree is not None:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)], check=False
-            )
+        for tree in worktrees.values():
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
     return 0
 
 

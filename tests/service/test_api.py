@@ -4,6 +4,7 @@ Bad input of every kind is a 4xx with a JSON body that names the field."""
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -191,6 +192,13 @@ def test_cancel_a_queued_sweep(api: Api) -> None:
     assert api.http.get(f"/v1/sweeps/{sid}").json()["state"] == "cancelled"
     again = api.http.post(f"/v1/sweeps/{sid}/cancel")
     assert again.status_code == 409 and "already cancelled" in again.json()["message"]
+
+
+def test_the_serving_app_keeps_its_startup_heap_out_of_the_collector(serve: Any) -> None:
+    api = serve()
+    assert gc.get_freeze_count() > 10_000  # MLflow, SQLAlchemy, FastAPI: frozen at startup
+    api.server.stop()
+    assert gc.get_freeze_count() == 0  # and given back at shutdown
 
 
 def test_health_metrics_and_docs(api: Api) -> None:

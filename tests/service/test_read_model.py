@@ -212,7 +212,10 @@ def test_a_running_sweeps_results_are_the_rows_and_follow_finished_trials(runnin
     for _ in range(5):
         body = api.http.get(f"/v1/sweeps/{sweep_id}/results").json()
     assert manager.reads.mlflow_queries == queries  # read from the row, not from MLflow
-    assert body["state"] == "running" and [c["metrics"]["test_all_or_none"]["n"] for c in body["cells"]] == [1, 1]
+    assert body["state"] == "running" and [c["metrics"]["test_all_or_none"]["n"] for c in body["cells"]] == [
+        1,
+        1,
+    ]
     manager.reconcile_all()  # nothing finished since: not recomputed
     assert manager.reads.mlflow_queries == queries
     # the running trial finishes: the next pass recomputes the results with it
@@ -230,4 +233,8 @@ def test_a_running_sweeps_results_are_the_rows_and_follow_finished_trials(runnin
     assert sorted(cell["metrics"]["test_all_or_none"]["values"]) == [0.3, 0.9]
     # a query other than the default is computed from MLflow
     final = api.http.get(f"/v1/sweeps/{sweep_id}/results", params={"agg": "final"}).json()
-    assert sorted(v for c in final["cells"] for v in c["metrics"]["test_all_or_none"]["values"]) == [0.3, 0.5, 0.6]
+    assert sorted(v for c in final["cells"] for v in c["metrics"]["test_all_or_none"]["values"]) == [
+        0.3,
+        0.5,
+        0.6,
+    ]
