@@ -1,5 +1,8 @@
 """The ``dab`` command line.
 
+One module over 400 lines because it is one Typer app: each command is a short function, and
+the shared printing (tables, progress, errors to exit codes) sits beside the commands that use it.
+
 Importing this module is cheap: no FastAPI, no Ray; torch loads only when a spec is expanded.
 Exit codes: 0 success; 1 the sweep ended failed or cancelled; 2 a mistake in the spec, the command
 line or the request (message on stderr); 3 the service cannot be reached or failed (5xx, 429);

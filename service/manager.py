@@ -67,7 +67,10 @@ class SweepManager:
         self.finalizer = Finalizer(sessions, self.reads)
         self.python = settings.driver_python or (sys.executable if settings.embedded else "python")
         self._submit_lock = threading.Lock()
-        self._reconcile_lock = threading.Lock()
+        # One lock per sweep: its submission (here, or by the reconciler, which would otherwise
+        # see the new row without a job and submit it a second time) and its reconciling.
+        self._sweep_locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
         self.ready = threading.Event()
         self.start_error: str | None = None
 
@@ -182,7 +185,9 @@ class SweepManager:
                 return stored, False
         if self.jobs is not None:
             try:
-                self.submit_driver(sweep_id)
+                with self._sweep_lock(sweep_id):
+                    if self.reads.sweep(sweep_id).ray_job_id is None:  # the reconciler may have
+                        self.submit_driver(sweep_id)
             except UnavailableError as e:  # stays queued; the reconciler tries again
                 log.warning("sweep %s queued: %s", sweep_id, e)
         with self.sessions() as s:
@@ -262,8 +267,12 @@ class SweepManager:
             self.finalize(sweep_id)
 
     def reconcile_one(self, sweep_id: str) -> None:
-        with self._reconcile_lock:
+        with self._sweep_lock(sweep_id):
             self._reconcile(sweep_id)
+
+    def _sweep_lock(self, sweep_id: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._sweep_locks.setdefault(sweep_id, threading.Lock())
 
     def _reconcile(self, sweep_id: str) -> None:
         sweep = self.reads.sweep(sweep_id, "plan", "trials")

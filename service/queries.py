@@ -1,5 +1,7 @@
 """The read side of the API: typed queries the routers call. No query writes anything.
 
+(About 400 lines: every read of the API is here, one method each, so that routers stay thin.)
+
 * A sweep and the list: the row, and nothing else (the reconciler keeps it current).
 * A sweep's default results (its metric as declared): the row's, which the reconciler
   recomputes whenever a trial finishes; an ended sweep's report: stored in the row when it ended.

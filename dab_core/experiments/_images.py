@@ -1,4 +1,7 @@
-"""Shared pieces of the image families (classification, representation): datasets held as
+"""Over 400 lines: the shared building blocks of both image families, each small; splitting them
+would scatter what the two families import together.
+
+Shared pieces of the image families (classification, representation): datasets held as
 tensors or streamed with a step-seeded sampler, generated ("fake") images, ResNet blocks,
 MS-SSIM for small images, the 1-D earth mover distance, and a linear probe.
 

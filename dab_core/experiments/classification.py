@@ -1,5 +1,8 @@
 """Image classification with a hard function inside a CIFAR ResNet18 (paper 5.3, Table 2, Figure 6).
 
+Over 400 lines because a family is one unit: its typed config (with the reasons for every open
+choice), its model, its task and its registration read best together.
+
 Model: CifarResnet18 (3x3 stem conv, no max pool, four stages of two BasicBlocks with
 w, 2w, 4w, 8w channels; w = 64 is ResNet18), batchnorm, ELU (appendix 7.2), global average
 pool and a linear classifier. A `DAB` bridge sits at the output of stage ``placement``

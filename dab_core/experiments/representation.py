@@ -1,5 +1,8 @@
 """Unsupervised representations through a hard latent (paper 5.2, Figures 4 and 5).
 
+Over 400 lines because a family is one unit (config with its reasons, the six variants of
+Figure 4, the task and its metrics, the registration); the variants share the training step.
+
 An autoencoder whose latent code passes through a hard function: encoder -> code -> decoder,
 trained to reconstruct its input (Bernoulli likelihood: binary cross-entropy with logits,
 summed over pixels, averaged over the batch). Variants:

@@ -238,3 +238,35 @@ def test_a_running_sweeps_results_are_the_rows_and_follow_finished_trials(runnin
         0.5,
         0.6,
     ]
+
+
+def test_a_new_sweep_is_submitted_once_while_the_reconciler_runs(api: Api) -> None:
+    """The reconciler sees a new row before its submission has recorded the job: it waits for
+    the sweep's lock and then finds the job, instead of submitting a second driver."""
+    import threading
+
+    manager = _manager(api)
+    jobs = FakeJobs()
+    entered, release = threading.Event(), threading.Event()
+    real_submit = jobs.submit
+
+    def slow_submit(entrypoint: str, job_id: str, **kw: Any) -> None:
+        real_submit(entrypoint, job_id, **kw)
+        entered.set()
+        release.wait(10)
+
+    jobs.submit = slow_submit  # type: ignore[method-assign]
+    manager.jobs = jobs
+    submitter = threading.Thread(target=api.submit)
+    submitter.start()
+    assert entered.wait(10)
+    (sweep_id,) = [s["id"] for s in api.http.get("/v1/sweeps").json()["data"]]
+    reconciler = threading.Thread(target=manager.reconcile_one, args=(sweep_id,))
+    reconciler.start()
+    reconciler.join(0.5)
+    assert reconciler.is_alive()  # waiting for the sweep's lock, not submitting
+    release.set()
+    submitter.join(10)
+    reconciler.join(10)
+    assert jobs.submitted == [f"dab-{sweep_id}-1"]
+    assert manager.reads.sweep(sweep_id).job_attempts == 1
