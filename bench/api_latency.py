@@ -281,7 +281,7 @@ def main() -> int:
             if a.api_url:
                 results = measure_service(a.api_url, token, a.clients, a.seconds, client, a.trials_at_once)
             else:
-                with tempfile.TemporaryDirectory(prefix="dab-bench-") as state:
+                with tempfile.TemporaryDirectory(prefix="dab-bench-", ignore_cleanup_errors=True) as state:
                     proc, url = _start_server(tree, state, server_cpu)
                     try:
                         if a.pin:
