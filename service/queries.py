@@ -62,20 +62,24 @@ def _select_sweep(columns: tuple[str, ...]) -> Any:
     return select(*_SMALL_COLUMNS, *(table.c[c] for c in columns)).where(table.c.id == bindparam("sweep_id"))
 
 
+def _public_fields(sweep: Sweep) -> dict[str, Any]:
+    return {
+        "id": sweep.id,
+        "name": sweep.name,
+        "experiment": sweep.experiment,
+        "state": sweep.state,
+        "trial_count": sweep.trial_count,
+        "cell_count": sweep.cell_count,
+        "created_at": crud.as_utc(sweep.created_at),
+        "started_at": crud.as_utc(sweep.started_at),
+        "finished_at": crud.as_utc(sweep.finished_at),
+        "message": sweep.message,
+        "counts": sweep.counts,
+    }
+
+
 def as_public(sweep: Sweep) -> SweepPublic:
-    return SweepPublic(
-        id=sweep.id,
-        name=sweep.name,
-        experiment=sweep.experiment,
-        state=sweep.state,  # type: ignore[arg-type]
-        trial_count=sweep.trial_count,
-        cell_count=sweep.cell_count,
-        created_at=crud.as_utc(sweep.created_at),  # type: ignore[arg-type]
-        started_at=crud.as_utc(sweep.started_at),
-        finished_at=crud.as_utc(sweep.finished_at),
-        message=sweep.message,
-        counts=sweep.counts,
-    )
+    return SweepPublic(**_public_fields(sweep))
 
 
 def _elapsed(sweep: Sweep) -> float | None:
@@ -183,17 +187,7 @@ class Reads:
 
     def detail(self, sweep: Sweep, base_url: str) -> SweepDetail:
         return SweepDetail(
-            id=sweep.id,
-            name=sweep.name,
-            experiment=sweep.experiment,
-            state=sweep.state,  # type: ignore[arg-type]
-            trial_count=sweep.trial_count,
-            cell_count=sweep.cell_count,
-            created_at=crud.as_utc(sweep.created_at),  # type: ignore[arg-type]
-            started_at=crud.as_utc(sweep.started_at),
-            finished_at=crud.as_utc(sweep.finished_at),
-            message=sweep.message,
-            counts=sweep.counts,
+            **_public_fields(sweep),
             progress=1.0 if sweep.state == "finished" else sweep.progress,
             eta_s=sweep.eta_s,
             elapsed_s=_elapsed(sweep),
