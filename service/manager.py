@@ -9,6 +9,10 @@ State machine of a sweep (the ``state`` column)::
        |                                  |      the driver restores; at most max_job_attempts)
        +--(cancel)--> cancelled           +-----(cancel: job stopped)--> cancelling --> cancelled
 
+Each pass also writes every active sweep's snapshot into its row (the read model the GETs read:
+`service.snapshot`), refreshes its default results when a trial has finished, and hands ended
+sweeps to `service.finalize`, which stores their results and report once.
+
 Everything here is synchronous (Ray's client and MLflow are blocking): the API calls it from
 worker threads, the reconciler from a thread of its own.
 """
