@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -13,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import crud
 from service.db.models import TERMINAL_STATES, Sweep, utcnow
 from service.queries import Reads, encode_report
+from workers.tracking import find_sweep_ids
 
 log = logging.getLogger("service.finalize")
 
@@ -28,7 +28,7 @@ class Finalizer:
         self.reads = reads
         self._failures: dict[str, int] = {}
 
-    def finalize(self, sweep_id: str, find_ids: Callable[[str], tuple[str | None, str | None]]) -> bool:
+    def finalize(self, sweep_id: str) -> bool:
         """Compute an ended sweep's results and report once, store them in its row and log the
         report on its parent run. False (retried by the next reconcile) when MLflow fails."""
         sweep = self.reads.sweep(sweep_id, "plan")
@@ -38,14 +38,15 @@ class Finalizer:
             return False  # its reads stay computed from MLflow; the next start tries again
         try:
             if not sweep.mlflow_experiment_id:
-                exp_id, parent = find_ids(sweep.id)
+                exp_id, parent = find_sweep_ids(self.reads.mlflow(), sweep.id)
                 if exp_id:
                     with self.sessions() as s:
                         sweep = crud.update_sweep(
                             s, sweep.id, mlflow_experiment_id=exp_id, parent_run_id=parent
                         )
-            results, results_runs = self.reads.default_results(sweep)
-            report = self.reads.compute_report(sweep, runs=self.reads.runs(sweep, fresh=True))
+            runs = self.reads.runs(sweep, fresh=True)  # one MLflow search for both
+            results, results_runs = self.reads.default_results(sweep, runs=runs)
+            report = self.reads.compute_report(sweep, runs=runs)
             artifact_path = self._log_report(sweep, report["markdown"], report["figures"])
         except Exception as e:
             n = self._failures[sweep_id] = self._failures.get(sweep_id, 0) + 1

@@ -351,6 +351,8 @@ class SweepManager:
             fields.pop("trials")
             fields.pop("counts")
         changed = {k: v for k, v in fields.items() if getattr(sweep, k) != v}
+        if sweep.plan is None:  # a row from before the plan column: stored once, not expanded per pass
+            changed["plan"] = self.reads.plan(sweep)
         if not (sweep.mlflow_experiment_id and sweep.parent_run_id):
             exp_id, parent = self._find_ids(sweep.id)
             if exp_id and exp_id != sweep.mlflow_experiment_id:
@@ -392,7 +394,7 @@ class SweepManager:
 
     def finalize(self, sweep_id: str) -> bool:
         """Store an ended sweep's results and report once (`service.finalize`)."""
-        return self.finalizer.finalize(sweep_id, self._find_ids)
+        return self.finalizer.finalize(sweep_id)
 
     # -- the reconciler thread -------------------------------------------------------------
 

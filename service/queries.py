@@ -90,14 +90,9 @@ def _elapsed(sweep: Sweep) -> float | None:
     return round((ended - started).total_seconds(), 1)
 
 
-def history_values(client: Any) -> Callable[[str, str], list[float]]:
-    def history(run_id: str, metric: str) -> list[float]:
-        return [m.value for m in client.get_metric_history(run_id, metric)]
-
-    return history
-
-
 def history_points(client: Any) -> Callable[[str, str], list[tuple[float, float]]]:
+    """(run_id, metric) -> the run's (step, value) pairs: what results and the report both take."""
+
     def history(run_id: str, metric: str) -> list[tuple[float, float]]:
         return sorted((float(m.step), m.value) for m in client.get_metric_history(run_id, metric))
 
@@ -314,10 +309,13 @@ class Reads:
         key = ("results", sweep.id, sweep.state, tuple(metrics or ()), agg, reference)
         return self.live(key, lambda: json.dumps(self.compute_results(sweep, metrics, agg, reference)))  # type: ignore[no-any-return]
 
-    def default_results(self, sweep: Sweep, experiment_id: str | None = None) -> tuple[str, int]:
-        """(the default results body as JSON text, the FINISHED runs it holds), fresh from MLflow:
-        what the reconciler stores in the row."""
-        runs = self.runs(sweep, fresh=True, experiment_id=experiment_id)
+    def default_results(
+        self, sweep: Sweep, experiment_id: str | None = None, runs: dict[str, Any] | None = None
+    ) -> tuple[str, int]:
+        """(the default results body as JSON text, the FINISHED runs it holds), from `runs` or
+        fresh from MLflow: what the reconciler stores in the row."""
+        if runs is None:
+            runs = self.runs(sweep, fresh=True, experiment_id=experiment_id)
         body = self.compute_results(sweep, None, None, None, runs=runs, check_metrics=False)
         return json.dumps(body), finished_runs(runs)
 
@@ -357,7 +355,7 @@ class Reads:
             metrics=chosen,
             agg=agg,  # type: ignore[arg-type]  # the route validated it: final, best or None
             reference=reference,
-            history=history_values(self.mlflow()),
+            history=history_points(self.mlflow()),
         )
         return {"sweep_id": sweep.id, "state": sweep.state, **res}
 
@@ -409,5 +407,4 @@ __all__ = [
     "encode_report",
     "finished_runs",
     "history_points",
-    "history_values",
 ]

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from workers._status import STATES
+
 #: Trial states that count as done for progress.
 _DONE = ("finished", "skipped", "failed")
 #: The per-trial fields the row keeps (the status file has more: pids, start history).
@@ -25,8 +27,8 @@ def plan_of(trials: Sequence[Any]) -> list[PlanRow]:
 
 
 def empty_counts(total: int) -> dict[str, int]:
-    counts = dict.fromkeys(("pending", "running", "retrying", "finished", "failed", "killed", "skipped"), 0)
-    return {"total": total, **counts, "pending": total}
+    """The counts of a sweep no driver has reported on yet, shaped as the driver's."""
+    return {"total": total, **dict.fromkeys(STATES, 0), "pending": total}
 
 
 def progress_of(plan: Sequence[PlanRow], trials: Mapping[str, Mapping[str, Any]]) -> float:
