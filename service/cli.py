@@ -171,6 +171,7 @@ EXIT_SWEEP_FAILED = 1  # the sweep ended failed or cancelled
 EXIT_API = 3  # the service cannot be reached, or answered 5xx/429
 EXIT_AUTH = 4  # 401/403
 EXIT_NOT_FOUND = 5
+EXIT_SETTINGS = 2  # `dab serve`: a DAB_* setting it cannot start with
 EXIT_INTERRUPTED = 130
 TERMINAL = ("finished", "failed", "cancelled")
 
@@ -344,11 +345,21 @@ def serve(
     import logging
 
     import uvicorn
+    from pydantic import ValidationError
 
     from service.app import create_app
+    from service.core.config import Settings
 
+    try:
+        settings = Settings()
+    except ValidationError as e:  # a setting the service cannot start with: say which and why
+        for err in e.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            name = f"DAB_{where.upper()}: " if where else ""
+            typer.echo(f"error: {name}{err['msg'].removeprefix('Value error, ')}", err=True)
+        raise typer.Exit(EXIT_SETTINGS) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
 
 
 @app.command()

@@ -28,7 +28,6 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -42,20 +41,25 @@ from service.queries import Reads
 from service.ray_jobs import TERMINAL_JOB_STATES, EmbeddedRayHead, RayJobs
 from service.snapshot import empty_counts, plan_of, snapshot_fields
 from service.specs import CheckedSpec
-from workers._files import STATUS_FILE, atomic_write_json, read_json
+from workers._files import SPEC_FILE, STATUS_FILE
+from workers.storage import ENDPOINT_ENV, Location, open_location
 
 log = logging.getLogger("service.manager")
 
-SPEC_FILE = "spec.json"
 _EXIT_CODE = re.compile(r"exit code (\d+)")
 #: Driver exit codes that are the sweep's own outcome (1: some trial failed; 2: a bad spec), as
 #: opposed to a crash or a kill, after which the driver is resubmitted and restores.
 _FINAL_EXIT_CODES = {1, 2}
 
 
-def read_status(sweep_dir: str | Path) -> dict[str, Any] | None:
-    """The driver's status file, or None (not written yet, or unreadable for a moment)."""
-    data = read_json(Path(sweep_dir) / STATUS_FILE)
+def read_status(location: Location) -> dict[str, Any] | None:
+    """The driver's status file in the sweep's location, or None (not written yet, or
+    unreadable for a moment: the next pass reads it again)."""
+    try:
+        data = location.child(STATUS_FILE).read_json()
+    except OSError as e:  # object storage unreachable for a moment
+        log.warning("%s: status not read: %s", location, e)
+        return None
     return data if isinstance(data, dict) else None
 
 
@@ -70,6 +74,7 @@ class SweepManager:
         self.reads = Reads(settings, sessions)
         self.finalizer = Finalizer(sessions, self.reads)
         self.python = settings.driver_python or (sys.executable if settings.embedded else "python")
+        self.storage = settings.storage_location()
         self._submit_lock = threading.Lock()
         # One lock per sweep: its submission (here, or by the reconciler, which would otherwise
         # see the new row without a job and submit it a second time) and its reconciling.
@@ -167,8 +172,11 @@ class SweepManager:
                     "(DAB_MAX_ACTIVE_SWEEPS); wait for one to end or cancel one"
                 )
             sweep_id = uuid.uuid4().hex[:16]
-            sweep_dir = self.settings.sweeps_path / sweep_id
-            atomic_write_json(sweep_dir / SPEC_FILE, checked.data)
+            location = self.storage.child(sweep_id)
+            try:  # the driver's input, written before the row that makes it visible
+                location.child(SPEC_FILE).write_json(checked.data)
+            except OSError as e:
+                raise UnavailableError(f"cannot write the sweep to storage {self.storage}: {e}") from e
             sweep = Sweep(
                 id=sweep_id,
                 name=checked.spec.name,
@@ -179,7 +187,7 @@ class SweepManager:
                 idempotency_key=idempotency_key or None,
                 trial_count=len(checked.trials),
                 cell_count=checked.cells,
-                sweep_dir=str(sweep_dir),
+                sweep_dir=location.uri,
                 job_attempts=0,
                 plan=plan_of(checked.trials),
                 counts=empty_counts(len(checked.trials)),
@@ -197,11 +205,20 @@ class SweepManager:
         with self.sessions() as s:
             return crud.get_sweep(s, sweep_id), True
 
+    def location(self, sweep: Sweep) -> Location:
+        """The sweep's location in storage (its row names it: a sweep made under an earlier
+        DAB_STORAGE_URI stays where it was written)."""
+        here = self.storage.child(sweep.id)
+        if sweep.sweep_dir == here.uri:
+            return here
+        return open_location(sweep.sweep_dir, self.settings.s3_endpoint_url)
+
     def entrypoint(self, sweep: Sweep) -> str:
         q = shlex.quote
+        location = self.location(sweep)
         return (
-            f"{q(self.python)} -m workers.driver {q(str(Path(sweep.sweep_dir) / SPEC_FILE))} "
-            f"--sweep-dir {q(sweep.sweep_dir)} --tracking-uri {q(self.settings.tracking_uri)} "
+            f"{q(self.python)} -m workers.driver {q(location.child(SPEC_FILE).uri)} "
+            f"--sweep-dir {q(location.uri)} --tracking-uri {q(self.settings.tracking_uri)} "
             f"--sweep-id {q(sweep.id)} --verbose 0"
         )
 
@@ -213,12 +230,17 @@ class SweepManager:
             job_id = f"dab-{sweep.id}-{attempt}"
             entrypoint = self.entrypoint(sweep)
         # The embedded head inherits this process's environment: a DAB_RAY_ADDRESS there must
-        # not send the driver elsewhere (a Ray Job joins its cluster through RAY_ADDRESS).
+        # not send the driver elsewhere (a Ray Job joins its cluster through RAY_ADDRESS). The
+        # S3 endpoint is not a secret and travels with the job; credentials never do (they are
+        # each node's own AWS variables).
+        env = {"DAB_RAY_ADDRESS": ""}
+        if self.settings.s3_endpoint_url:
+            env[ENDPOINT_ENV] = self.settings.s3_endpoint_url
         jobs.submit(
             entrypoint,
             job_id,
             metadata={"dab_sweep_id": sweep_id, "attempt": str(attempt)},
-            env={"DAB_RAY_ADDRESS": ""},
+            env=env,
         )
         with self.sessions() as s:
             sweep = crud.get_sweep(s, sweep_id)
@@ -282,7 +304,7 @@ class SweepManager:
         sweep = self.reads.sweep(sweep_id, "plan", "trials")
         if sweep.state not in ACTIVE_STATES:
             return
-        status = read_status(sweep.sweep_dir)
+        status = read_status(self.location(sweep))
         self._record_snapshot(sweep, status)
         if self.jobs is None:
             return
@@ -383,7 +405,7 @@ class SweepManager:
 
     def _end(self, sweep: Sweep, state: str, message: str | None) -> None:
         sweep = self.reads.sweep(sweep.id, "plan", "trials")
-        self._record_snapshot(sweep, read_status(sweep.sweep_dir))  # the driver's last word
+        self._record_snapshot(sweep, read_status(self.location(sweep)))  # the driver's last word
         sweep = self.reads.sweep(sweep.id)
         if state != "finished":
             self.finalizer.end_running_runs(sweep)
@@ -405,4 +427,4 @@ class SweepManager:
             stop.wait(self.settings.poll_interval_s)
 
 
-__all__ = ["SPEC_FILE", "SweepManager", "read_status"]
+__all__ = ["SweepManager", "read_status"]

@@ -284,6 +284,9 @@ class Reads:
                         if isinstance(v, float | int) and math.isfinite(v)
                     },
                     error=s.get("error"),
+                    nodes=list(s.get("nodes") or []),
+                    device=(s.get("placement") or {}).get("device") or None,
+                    note=(s.get("placement") or {}).get("device_note") or None,
                 )
             )
         return TrialsPublic(data=out[offset : offset + limit], count=len(out))

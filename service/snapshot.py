@@ -16,7 +16,7 @@ from workers._status import STATES
 #: Trial states that count as done for progress.
 _DONE = ("finished", "skipped", "failed")
 #: The per-trial fields the row keeps (the status file has more: pids, start history).
-_TRIAL_FIELDS = ("state", "attempts", "last_step", "run_id", "error")
+_TRIAL_FIELDS = ("state", "attempts", "last_step", "run_id", "error", "placement", "nodes")
 
 PlanRow = list[Any]  # [trial_key, index, cell_key, seed, steps]
 

@@ -1,19 +1,21 @@
-"""The sweep directory: its layout, atomic JSON files, and the lock that keeps one driver per sweep.
+"""A sweep's location: its layout, and the lock that keeps one driver per sweep.
 
-Private: `workers.driver` and `workers.tracking` use it. Layout of a sweep directory::
+Private: `workers.driver`, `workers._status` and the service use it. A sweep's location is a
+`workers.storage.Location` (a local directory or ``s3://bucket/prefix/<sweep id>``)::
 
-    <sweep dir>/
+    <sweep location>/
+        spec.json       the spec the service submitted (the driver's input; absent when the
+                        driver is run by hand on a spec file)
         status.json     machine-readable progress (trial_key -> state, attempts, last step,
-                        run id), rewritten atomically as trials progress; the service reads it
-        driver.lock     held (flock) by the running driver; the kernel releases it when the
-                        driver dies, so a killed driver never leaves a stale lock behind
+                        run id), replaced whole as trials progress; the service reads it
         tune/           Ray Tune's storage_path: one Tune experiment per set of trials to run,
                         each with a ``dab_trials.json`` naming the trial keys it was built for
+        driver.lock     (local locations only) held with flock by the running driver
 
 No file here holds the sweep's MLflow experiment or parent run id: those live in MLflow (and
 the service's database) and are found from the sweep id (`workers.tracking.find_sweep_ids`),
 so nothing can disagree with MLflow. The sweep id is the driver's ``--sweep-id``, else the
-directory's name.
+location's last name.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import tempfile
@@ -29,6 +32,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from workers.storage import Location
+
+SPEC_FILE = "spec.json"
 STATUS_FILE = "status.json"
 LOCK_FILE = "driver.lock"
 TUNE_DIR = "tune"
@@ -36,7 +42,7 @@ TUNE_TRIALS_FILE = "dab_trials.json"
 
 
 def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
-    """Write `data` as JSON to `path` so that readers see the old file or the new one, never half."""
+    """Write `data` as JSON to a local `path` so that readers see the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -50,27 +56,31 @@ def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
         raise
 
 
-def read_json(path: str | os.PathLike[str]) -> Any | None:
-    """The JSON in `path`, or None when the file does not exist or is not valid JSON."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 class SweepLockedError(RuntimeError):
-    """Another driver holds this sweep directory."""
+    """Another driver holds this sweep."""
+
+
+def _lock_path(location: Location) -> Path:
+    local = location.local_path()
+    if local is not None:
+        return local / LOCK_FILE
+    # Object storage has no lock a dying process releases by itself. Across hosts, one driver
+    # per sweep is the service's rule (one Ray Job per sweep at a time, a new one only once Ray
+    # says the last is gone); this file lock adds the same guarantee as on a local location
+    # for drivers on one host (a resubmitted job on the same head while the old one exits).
+    digest = hashlib.sha256(location.uri.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "dab-locks" / f"{digest}.lock"
 
 
 @contextlib.contextmanager
-def sweep_lock(sweep_dir: str | os.PathLike[str], timeout_s: float = 30.0) -> Iterator[None]:
+def sweep_lock(location: Location, timeout_s: float = 30.0) -> Iterator[None]:
     """Hold the sweep's driver lock; wait up to `timeout_s` for a previous holder to go.
 
     Two drivers on one sweep would both create MLflow runs for the same trials: this is what
     makes "one run per trial" hold against a resubmission that races a still-running driver.
+    The kernel releases the lock when its holder dies, so a killed driver leaves none behind.
     """
-    path = Path(sweep_dir) / LOCK_FILE
+    path = _lock_path(location)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
         deadline = time.monotonic() + timeout_s
@@ -81,7 +91,8 @@ def sweep_lock(sweep_dir: str | os.PathLike[str], timeout_s: float = 30.0) -> It
             except OSError as e:
                 if e.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
                     raise SweepLockedError(
-                        f"{path} is held by another driver (pid in file: {path.read_text().strip() or '?'})"
+                        f"{location} is held by another driver (lock {path}, pid in file: "
+                        f"{path.read_text().strip() or '?'})"
                     ) from None
                 time.sleep(0.2)
         f.seek(0)

@@ -1,8 +1,8 @@
-"""The sweep's machine-readable status file (``status.json`` in the sweep directory).
+"""The sweep's machine-readable status file (``status.json`` in the sweep's location).
 
-Private: written by the driver and its Tune callback, read by the service. It is rewritten
-atomically (temp file + rename) on every trial state change and at most once a second for
-progress, so a reader always sees a whole file. Shape::
+Private: written by the driver and its Tune callback, read by the service. It is replaced whole
+(a local temp file + rename, or one object-storage PUT) on every trial state change and at most
+once a second for progress, so a reader always sees a whole file. Shape::
 
     {"version": 1, "sweep_id": ..., "name": ..., "state": "running" | "finished" | "failed"
      | "interrupted", "driver_pid": ..., "started_at": ..., "updated_at": ..., "finished_at": ...,
@@ -11,7 +11,8 @@ progress, so a reader always sees a whole file. Shape::
                 "killed"},
      "trials": {trial_key: {"index", "cell_key", "replicate", "seed", "state", "attempts",
                             "last_step", "run_id", "pid", "error", "starts": [{"attempt",
-                            "from_step"}]}},
+                            "from_step"}], "placement": {"node", "gpu_ids",
+                            "cuda_visible_devices", "device", "device_note"}, "nodes"}},
      "skipped": [{"trial_key", "reason", "run_id"}],
      "notes": [...], "tracking_errors": [...]}
 
@@ -31,10 +32,10 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from workers._files import STATUS_FILE, atomic_write_json, read_json
+from workers._files import STATUS_FILE
+from workers.storage import Location
 
 STATES = ("pending", "running", "retrying", "finished", "failed", "killed", "skipped")
 
@@ -44,14 +45,12 @@ def _now() -> str:
 
 
 class SweepStatus:
-    """In-memory sweep status with throttled atomic writes to ``<sweep dir>/status.json``."""
+    """In-memory sweep status with throttled whole-file writes to ``<sweep location>/status.json``."""
 
-    def __init__(
-        self, sweep_dir: str | os.PathLike[str], header: Mapping[str, Any], min_interval_s: float = 1.0
-    ) -> None:
-        self.path = Path(sweep_dir) / STATUS_FILE
+    def __init__(self, location: Location, header: Mapping[str, Any], min_interval_s: float = 1.0) -> None:
+        self.file = location.child(STATUS_FILE)
         self.min_interval_s = min_interval_s
-        previous = read_json(self.path) or {}
+        previous = self.file.read_json() or {}
         self._previous_trials: dict[str, Any] = (
             previous.get("trials", {}) if isinstance(previous, dict) else {}
         )
@@ -95,6 +94,8 @@ class SweepStatus:
                     "pid": None,
                     "error": None,
                     "starts": list(before.get("starts", [])),
+                    "placement": before.get("placement"),
+                    "nodes": list(before.get("nodes", [])),
                 }
             self._touch(True)
 
@@ -141,6 +142,27 @@ class SweepStatus:
             if run_id and not t["run_id"]:
                 t["run_id"] = run_id
             self._touch(False)
+
+    def placed(self, key: str, where: Mapping[str, str]) -> bool:
+        """Record where the trial runs (`workers.trainable.placement`); True when it changed.
+
+        ``nodes`` lists every node the trial ran on, in order: a trial resumed elsewhere after
+        its node was lost shows both.
+        """
+        with self._lock:
+            t = self.data["trials"][key]
+            if t.get("placement") == dict(where):
+                return False
+            t["placement"] = dict(where)
+            node = where.get("node")
+            if node and (not t["nodes"] or t["nodes"][-1] != node):
+                t["nodes"].append(node)
+            self._touch(True)
+            return True
+
+    def nodes(self, key: str) -> list[str]:
+        with self._lock:
+            return list(self.data["trials"][key]["nodes"])
 
     def retrying(self, key: str, *, error: str) -> None:
         self._end(key, "retrying", error)
@@ -191,7 +213,7 @@ class SweepStatus:
             counts = Counter(t["state"] for t in self.data["trials"].values())
             self.data["counts"] = {"total": len(self.data["trials"]), **{s: counts.get(s, 0) for s in STATES}}
             self.data["updated_at"] = _now()
-            atomic_write_json(self.path, self.data)
+            self.file.write_json(self.data)
             self._dirty = False
             self._state_changed = False
             self._last_write = time.monotonic()

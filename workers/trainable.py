@@ -9,6 +9,8 @@ copied into every trial's state and the experiment checkpoint). The trainable:
 * reports every ``eval_every`` steps through `tune.report`, with a checkpoint every
   ``checkpoint_every`` steps and at the end (Tune copies it into the trial's storage before
   `report` returns, which is what the temporary directory of `run_trial` needs);
+* adds to every report where it runs (`placement`: node, the GPUs Ray gave it and the
+  ``CUDA_VISIBLE_DEVICES`` it sees, the device it trains on); the driver tags the run with it;
 * writes the trial's report history (``dab_history.json``) into every checkpoint, so a trial
   restored from checkpoint k carries every metric up to k. The driver uses it to fill in
   MLflow steps that a killed driver reported but never wrote: resuming never leaves a gap.
@@ -28,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 HISTORY_FILE = "dab_history.json"
+#: The report keys `placement` adds: strings, so never taken for metrics.
+PLACEMENT_KEYS = ("dab_node", "dab_gpu_ids", "dab_cuda_visible_devices", "dab_device", "dab_device_note")
 HISTORY_TIME_KEY = "_time_ms"
 TRIAL_KEY = "trial_key"
 
@@ -61,6 +65,42 @@ def _write_history(checkpoint_dir: str, history: list[dict[str, float]]) -> None
         json.dump(history, f, allow_nan=True)
 
 
+def placement(requested_device: str) -> dict[str, str]:
+    """Where this trial runs: its node, its GPUs from Ray, what CUDA it sees, its device.
+
+    A trial that asked Ray for a GPU on a node whose torch sees no CUDA (a node declared with
+    ``--num-gpus`` but no driver, or a CPU-only build of torch): with ``device: auto`` it trains
+    on the CPU and says so in ``dab_device_note`` (its run and its state in the status file carry
+    the note); with ``device: cuda`` it fails, naming the node and the GPUs it was given. Running
+    on is the better default for a sweep (a slow trial is a result, a failed one is not), and
+    the note keeps it from passing unseen.
+    """
+    import ray
+    import torch
+
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    cuda = torch.cuda.is_available()
+    node = ray.util.get_node_ip_address()
+    device = "cuda" if (requested_device == "cuda" or (requested_device == "auto" and cuda)) else "cpu"
+    note = ""
+    if gpu_ids and not cuda:
+        note = (
+            f"asked for a GPU; Ray gave GPU {','.join(gpu_ids)} (CUDA_VISIBLE_DEVICES={visible or '<unset>'}) "
+            f"on node {node}, but torch sees no CUDA there"
+        )
+        if requested_device == "cuda":
+            raise RuntimeError(f"{note}; the trial's config says device 'cuda'")
+        note += ": trained on the CPU"
+    return {
+        "dab_node": node,
+        "dab_gpu_ids": ",".join(gpu_ids),
+        "dab_cuda_visible_devices": visible,
+        "dab_device": device,
+        "dab_device_note": note,
+    }
+
+
 def dab_trainable(
     config: Mapping[str, Any],
     *,
@@ -85,7 +125,8 @@ def dab_trainable(
     if key not in trial_configs:
         raise KeyError(f"trial_key {key!r} is not in this sweep's trial table ({len(trial_configs)} trials)")
     trial_config = dict(trial_configs[key])
-    parse_config(trial_config)  # a bad config fails here, before any compute, naming the field
+    parsed = parse_config(trial_config)  # a bad config fails here, before any compute, naming the field
+    where = placement(str(getattr(parsed, "device", "auto")))  # "auto" without CUDA: the CPU
 
     history: list[dict[str, float]] = []
 
@@ -93,10 +134,10 @@ def dab_trainable(
         metrics = {k: float(v) for k, v in metrics.items()}
         history.append({**metrics, HISTORY_TIME_KEY: float(int(time.time() * 1000))})
         if checkpoint_dir is None:
-            tune.report(metrics)
+            tune.report({**metrics, **where})
             return
         _write_history(checkpoint_dir, history)
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+        tune.report({**metrics, **where}, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
@@ -164,9 +205,11 @@ def trial_name(trial: Any) -> str:
 
 __all__ = [
     "HISTORY_FILE",
+    "PLACEMENT_KEYS",
     "TRIAL_KEY",
     "dab_trainable",
     "make_trainable",
+    "placement",
     "read_checkpoint_history",
     "read_history",
     "resolve_resources",

@@ -70,6 +70,12 @@ class TrialPublic(BaseModel):
     run_status: str | None = Field(None, description="the MLflow run's status")
     metrics: dict[str, float] = Field(default_factory=dict, description="latest value of each metric")
     error: str | None = None
+    nodes: list[str] = Field(
+        default_factory=list,
+        description="the Ray nodes (IPs) it ran on, in order: more than one after a node loss",
+    )
+    device: str | None = Field(None, description="what it trains on: cpu or cuda")
+    note: str | None = Field(None, description="e.g. a GPU was asked for but the node has no CUDA")
 
 
 class TrialsPublic(BaseModel):

@@ -5,7 +5,8 @@ Everything the embedded stack keeps lives under `state_dir` (default ``./.dab``)
     <state dir>/service.db        sweeps (SQLite; `database_url` names PostgreSQL instead)
     <state dir>/mlflow.db         MLflow tracking store (SQLite, WAL)
     <state dir>/artifacts/        MLflow artifacts
-    <state dir>/sweeps/<id>/      one sweep directory per sweep (spec, status.json, Tune storage)
+    <state dir>/sweeps/<id>/      one sweep per directory (spec, status.json, Tune storage), unless
+                                  `storage_uri` puts the sweeps elsewhere (s3://bucket/prefix)
     <state dir>/ray/              the embedded Ray head: auth token, head.json, logs
 """
 
@@ -17,10 +18,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from workers.spec import MAX_SPEC_BYTES, MAX_TRIALS
+from workers.storage import Location, is_local, open_location
 
 
 class Settings(BaseSettings):
@@ -47,9 +49,20 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         default=None, description="bearer token the API requires (unset: open)"
     )
-    sweeps_dir: Path | None = Field(
+    storage_uri: str | None = Field(
         default=None,
-        description="sweep directories (default <state dir>/sweeps; shared storage on a cluster)",
+        description="where sweeps are kept (spec, driver status, Tune state and checkpoints): a local "
+        "path or s3://bucket/prefix (default: <state dir>/sweeps)",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="endpoint of an S3-compatible server for s3:// storage, e.g. http://minio:9000 "
+        "(default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS itself)",
+    )
+    storage_shared: bool = Field(
+        default=False,
+        description="declare that a local storage_uri path is the same shared filesystem (NFS) on "
+        "every Ray node; required to use a local path with DAB_RAY_ADDRESS",
     )
     data_dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
@@ -82,6 +95,31 @@ class Settings(BaseSettings):
     )
     ray_start_timeout_s: float = Field(default=90.0, gt=0)
 
+    @field_validator("storage_uri")
+    @classmethod
+    def _storage(cls, value: str | None) -> str | None:
+        if value is not None:
+            if not value.strip():
+                raise ValueError("expected a path or s3://bucket/prefix, got an empty string")
+            if value.startswith("s3://") and not value[len("s3://") :].split("/", 1)[0]:
+                raise ValueError(f"expected s3://bucket/prefix, got {value!r} (no bucket)")
+        return value
+
+    @model_validator(mode="after")
+    def _cluster_storage(self) -> Settings:
+        # On a cluster the driver runs on the head and the trials on any node: a path only this
+        # machine has would hold the spec the driver never reads, checkpoints the node that
+        # restores a trial never sees, and progress the service never learns.
+        if self.ray_address and is_local(self.storage) and not self.storage_shared:
+            raise ValueError(
+                f"DAB_STORAGE_URI is the local path {self.storage!r} but DAB_RAY_ADDRESS names a "
+                "cluster, whose driver and trials run on other machines and would not see the "
+                "sweep's spec, progress or checkpoints there. Set DAB_STORAGE_URI=s3://bucket/prefix "
+                "(and DAB_S3_ENDPOINT_URL for MinIO), or, if this path is one shared filesystem "
+                "(NFS) mounted at the same place on every Ray node, DAB_STORAGE_SHARED=true"
+            )
+        return self
+
     @field_validator("data_dirs", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
@@ -102,8 +140,13 @@ class Settings(BaseSettings):
         return self.mlflow_tracking_uri or f"sqlite:///{self.state_path / 'mlflow.db'}"
 
     @property
-    def sweeps_path(self) -> Path:
-        return (self.sweeps_dir or self.state_path / "sweeps").expanduser().resolve()
+    def storage(self) -> str:
+        """Where sweeps are kept: `storage_uri`, else ``<state dir>/sweeps``."""
+        return self.storage_uri or str(self.state_path / "sweeps")
+
+    def storage_location(self) -> Location:
+        """The storage root as a `workers.storage.Location` (each sweep is ``<root>/<id>``)."""
+        return open_location(self.storage, self.s3_endpoint_url)
 
     @property
     def embedded(self) -> bool:

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from workers._files import STATUS_FILE, atomic_write_json
+from tests.s3 import S3Server, s3_server
+from workers._files import SPEC_FILE, STATUS_FILE, atomic_write_json
 from workers.tracking import (
     ROLE_SWEEP,
     ROLE_TRIAL,
@@ -40,10 +41,14 @@ class FakeJobs:
     def __init__(self) -> None:
         self.state = "RUNNING"
         self.submitted: list[str] = []
+        self.entrypoints: list[str] = []
+        self.envs: list[dict[str, str]] = []
         self.address = "fake"
 
-    def submit(self, entrypoint: str, job_id: str, **_: Any) -> None:
+    def submit(self, entrypoint: str, job_id: str, env: dict[str, str] | None = None, **_: Any) -> None:
         self.submitted.append(job_id)
+        self.entrypoints.append(entrypoint)
+        self.envs.append(dict(env or {}))
 
     def status(self, job_id: str) -> str:
         return self.state
@@ -99,8 +104,8 @@ def _play_driver(api: Api, sweep_id: str) -> dict[str, Any]:
             "error": "RuntimeError: boom" if state == "failed" else None,
         }
     counts = {"total": 4, "finished": 2, "running": 1, "failed": 1, "pending": 0}
-    atomic_write_json(
-        Path(sweep.sweep_dir) / STATUS_FILE, {"state": "running", "counts": counts, "trials": trials}
+    manager.location(sweep).child(STATUS_FILE).write_json(
+        {"state": "running", "counts": counts, "trials": trials}
     )
     return {"client": client, "parent": parent, "trials": trials}
 
@@ -270,3 +275,39 @@ def test_a_new_sweep_is_submitted_once_while_the_reconciler_runs(api: Api) -> No
     reconciler.join(10)
     assert jobs.submitted == [f"dab-{sweep_id}-1"]
     assert manager.reads.sweep(sweep_id).job_attempts == 1
+
+
+def test_a_sweep_on_object_storage_is_read_from_there(serve: Any, tmp_path: Path) -> None:
+    """With s3:// storage the service writes the driver's spec to the bucket, names it in the
+    driver job (with the endpoint, never credentials) and reads progress from the bucket; the
+    state directory keeps only the service's own files."""
+    server: S3Server
+    with s3_server() as server:
+        api = serve(storage_uri=f"s3://{server.bucket}/sweeps", s3_endpoint_url=server.endpoint_url)
+        sweep_id = api.submit().json()["id"]
+        jobs = FakeJobs()
+        manager = _manager(api)
+        manager.jobs = jobs
+        manager.reconcile_all()
+        location = f"s3://{server.bucket}/sweeps/{sweep_id}"
+        assert manager.reads.sweep(sweep_id).sweep_dir == location
+        assert server.keys() == [f"sweeps/{sweep_id}/{SPEC_FILE}"]
+        spec = manager.location(manager.reads.sweep(sweep_id)).child(SPEC_FILE).read_json()
+        assert spec["name"] == "tiny"
+        [entrypoint] = jobs.entrypoints
+        assert f" {location}/{SPEC_FILE} --sweep-dir {location} " in entrypoint
+        assert jobs.envs == [{"DAB_RAY_ADDRESS": "", "DAB_S3_ENDPOINT_URL": server.endpoint_url}]
+
+        _play_driver(api, sweep_id)
+        manager.reconcile_all()
+        body = api.http.get(f"/v1/sweeps/{sweep_id}").json()
+        assert body["counts"]["finished"] == 2 and body["counts"]["failed"] == 1
+        assert body["last_error"].endswith("RuntimeError: boom")
+        state = {p.name for p in (tmp_path / "state").iterdir()}
+        assert "sweeps" not in state and state <= {
+            "service.db",
+            "mlflow.db",
+            "mlflow.db-wal",
+            "mlflow.db-shm",
+            "artifacts",
+        }

@@ -4,6 +4,8 @@
   process, in a private ``RAY_TMPDIR`` so it never meets another Ray on the machine; shut
   down, and any process of it left behind killed by pid, at the end. Drivers run in-process
   use it as it is; drivers run as subprocesses join it by address, as on a cluster.
+* `s3`: an S3 server on loopback (moto's server mode, `tests.s3`) with a fresh bucket; the
+  session Ray's workers get its fake credentials in their environment, as a node would.
 * `tracking_uri`: a fresh ``sqlite:`` MLflow store under tmp_path, copied from a template
   whose schema is created once per session (creating it costs seconds).
 * `make_sweep`, `mlflow_sweep`, `driver_cli`: tiny sorting sweeps, a view of a sweep's runs
@@ -26,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.s3 import FAKE_AWS_ENV, S3Server, s3_server
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -98,11 +102,20 @@ def ray_address(ray_tmpdir: str) -> Iterator[str]:
         mp.delenv("RAY_ADDRESS", raising=False)
         mp.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         mp.setenv("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        for name, value in FAKE_AWS_ENV.items():  # the trials' S3 credentials (`s3`), as on a node
+            mp.setenv(name, value)
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
         try:
             yield ray.get_runtime_context().gcs_address
         finally:
             ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """An S3 server on loopback (moto) with a fresh bucket, for sweeps on object storage."""
+    with s3_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

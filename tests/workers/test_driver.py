@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.workers.conftest import TINY
 from workers.driver import SweepDirError, main, run_sweep
 from workers.tracking import find_sweep_ids, git_commit, make_client, package_version
 
@@ -399,3 +400,74 @@ def test_cli_joins_a_cluster_by_address_and_tracks_to_an_http_server(
         }
     # The artifacts went through the server, into its artifact store.
     assert len(list((tmp_path / "server-artifacts").rglob("trial.pt"))) == 2
+
+
+@pytest.mark.slow
+def test_a_sweep_on_object_storage_keeps_its_state_there(
+    ray_address: str,
+    tracking_uri: str,
+    tmp_path: Path,
+    s3: Any,
+    make_sweep: Callable[..., Any],
+    mlflow_sweep: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Status, Tune's experiment and the trials' checkpoints go to S3 through pyarrow (the
+    filesystem Tune itself uses); nothing of the sweep is written to a local directory."""
+    from workers._files import TUNE_DIR
+    from workers.driver.tuner import _restorable
+    from workers.storage import ENDPOINT_ENV, open_location
+
+    monkeypatch.setenv(ENDPOINT_ENV, s3.endpoint_url)  # as the service passes it to its driver job
+    monkeypatch.chdir(tmp_path)
+    spec, trials = make_sweep("objects", replicates=2)
+    uri = f"s3://{s3.bucket}/sweeps/objects-1"
+    before = set(tmp_path.rglob("*"))
+    outcome = run_sweep(spec, trials, sweep_dir=uri, tracking_uri=tracking_uri, sweep_id="objects-1")
+    assert outcome.state == "finished" and sorted(outcome.finished) == sorted(t.trial_key for t in trials)
+
+    location = open_location(uri)
+    status = location.child("status.json").read_json()
+    assert status["state"] == "finished" and status["counts"]["finished"] == 2
+    keys = s3.keys("sweeps/objects-1/")
+    [experiment] = location.child(TUNE_DIR).dirs()
+    assert f"sweeps/objects-1/tune/{experiment}/dab_trials.json" in keys
+    assert any(k.startswith(f"sweeps/objects-1/tune/{experiment}/experiment_state") for k in keys)
+    # Each trial checkpointed into the bucket and the copy went once it was an MLflow artifact.
+    assert not [k for k in keys if "/checkpoint_" in k]
+    # The experiment can be restored from the bucket (what a driver on a new head does).
+    found = _restorable(location.child(TUNE_DIR), {t.trial_key for t in trials})
+    assert found is not None and found.uri == f"{uri}/tune/{experiment}"
+
+    view = mlflow_sweep(tracking_uri, "objects-1")
+    for run in view.children:
+        assert run.info.status == "FINISHED"
+        tags = run.data.tags
+        assert tags["dab.device"] == "cpu" and tags["dab.gpu_ids"] == "" and "dab.device_note" not in tags
+        assert tags["dab.node"] == tags["dab.nodes"] != ""
+        entry = status["trials"][tags["dab.trial_key"]]
+        assert entry["nodes"] == [tags["dab.node"]] and entry["placement"]["device"] == "cpu"
+        checkpoint = {a.path for a in view.client.list_artifacts(run.info.run_id, "checkpoint")}
+        assert "checkpoint/trial.pt" in checkpoint
+
+    # The driver's CLI reads the spec from the bucket (as the service submits it); a second
+    # run finds every trial FINISHED and runs nothing.
+    location.child("spec.json").write_json(
+        {
+            "name": "objects",
+            "experiment": "sorting",
+            "params": TINY,
+            "replicates": 2,
+            "resources": {"cpu": 0.5},
+        }
+    )
+    code = main(
+        [f"{uri}/spec.json", "--sweep-dir", uri, "--tracking-uri", tracking_uri, "--sweep-id", "objects-1"]
+    )
+    assert code == 0
+    again = location.child("status.json").read_json()
+    assert again["counts"]["skipped"] == 2 and again["counts"]["finished"] == 0
+    assert len(mlflow_sweep(tracking_uri, "objects-1").children) == 2
+    # Nothing of the sweep landed on local disk (the MLflow store is the test's own).
+    new = {p for p in set(tmp_path.rglob("*")) - before if "mlflow" not in p.parts}
+    assert new == set()

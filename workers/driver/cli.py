@@ -1,4 +1,10 @@
-"""The driver's command line: ``python -m workers.driver SPEC --sweep-dir DIR ...``."""
+"""The driver's command line: ``python -m workers.driver SPEC --sweep-dir LOCATION ...``.
+
+SPEC and LOCATION are local paths or storage URIs (``s3://bucket/prefix/<id>/spec.json`` and
+``s3://bucket/prefix/<id>``, see `workers.storage`); an S3-compatible endpoint comes from
+``DAB_S3_ENDPOINT_URL`` (or the standard ``AWS_ENDPOINT_URL_S3``), credentials from the
+standard AWS variables.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
 from workers.driver.sweep import EXIT_USAGE, SweepDirError, run_sweep
 from workers.driver.tuner import DEFAULT_CHECKPOINTS_TO_KEEP
@@ -17,8 +23,12 @@ DESCRIPTION = "The sweep driver: runs a spec's trials on Ray Tune with each tria
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m workers.driver", description=DESCRIPTION)
-    p.add_argument("spec", help="sweep spec file (YAML or JSON)")
-    p.add_argument("--sweep-dir", required=True, help="the sweep's directory (status, Tune storage)")
+    p.add_argument("spec", help="sweep spec file (YAML or JSON): a path or a storage URI (s3://...)")
+    p.add_argument(
+        "--sweep-dir",
+        required=True,
+        help="the sweep's location (status, Tune state and checkpoints): a directory or s3://bucket/prefix/id",
+    )
     p.add_argument(
         "--tracking-uri",
         default=os.environ.get("DAB_MLFLOW_TRACKING_URI") or os.environ.get("MLFLOW_TRACKING_URI"),
@@ -51,16 +61,34 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _load(spec: str) -> Any:
+    """The spec (or suite) at a path, or a spec at a storage URI (the service writes JSON there)."""
+    from workers.spec import MAX_SPEC_BYTES, SpecError, load_spec, parse_spec
+    from workers.storage import is_local, open_location
+
+    if is_local(spec):
+        return load_spec(spec[len("file://") :] if spec.startswith("file://") else spec)
+    try:
+        raw = open_location(spec).read_bytes(limit=MAX_SPEC_BYTES)
+    except (FileNotFoundError, IsADirectoryError):
+        raise SpecError("no such spec file", source=spec) from None
+    except OSError as e:
+        raise SpecError(f"cannot read the spec: {e}", source=spec) from None
+    content_type = "application/json" if spec.endswith(".json") else None
+    return parse_spec(raw, source=spec, content_type=content_type)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.tracking_uri:
         print("error: --tracking-uri (or DAB_MLFLOW_TRACKING_URI) is required", file=sys.stderr)
         return EXIT_USAGE
-    from workers.spec import SpecError, SweepSuite, expand, load_spec
+    from workers.spec import SpecError, SweepSuite, expand
+    from workers.storage import StorageError
 
     try:
-        spec = load_spec(args.spec)
+        spec = _load(args.spec)
         if isinstance(spec, SweepSuite):
             names = ", ".join(s.name for _, s in spec.specs)
             print(
@@ -69,12 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return EXIT_USAGE
         trials = expand(spec)
-    except SpecError as e:
+    except (SpecError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     if args.sweep_id is None:
         # Standalone use: the id is derived, so running this again on DIR continues the sweep.
-        print(f"sweep id: {Path(args.sweep_dir).resolve().name} (the sweep directory's name)", flush=True)
+        name = args.sweep_dir.rstrip("/").rsplit("/", 1)[-1]
+        print(f"sweep id: {name} (the sweep location's last name)", flush=True)
     try:
         outcome = run_sweep(
             spec,

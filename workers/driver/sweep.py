@@ -9,12 +9,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from workers._files import STATUS_FILE, TUNE_DIR, read_json, sweep_lock
+from workers._files import STATUS_FILE, TUNE_DIR, sweep_lock
 from workers.driver.signals import Live, SignalState, stop_on_signals
 from workers.driver.tuner import DEFAULT_CHECKPOINTS_TO_KEEP, build_tuner, ensure_ray, tune_env
+from workers.storage import Location, open_location
 
 log = logging.getLogger("workers.driver")
 
@@ -52,25 +52,25 @@ class SweepOutcome:
 
 
 class SweepDirError(ValueError):
-    """The sweep directory belongs to another sweep than the one asked for."""
+    """The sweep's location belongs to another sweep than the one asked for."""
 
 
-def sweep_id_for(sweep_dir: Path, given: str | None) -> str:
-    """The sweep's id: `given` (the service passes its own), else the sweep directory's name.
+def sweep_id_for(location: Location, given: str | None) -> str:
+    """The sweep's id: `given` (the service passes its own), else the location's last name.
 
     Derived, never generated and kept: a standalone driver started again on the same
-    directory gets the same id, hence the same MLflow experiment and parent run, with no file
+    location gets the same id, hence the same MLflow experiment and parent run, with no file
     recording them. A previous driver's ``status.json`` names the sweep it ran; a different id
-    for the same directory is refused, since it would track the Tune state of one sweep in the
+    for the same location is refused, since it would track the Tune state of one sweep in the
     MLflow experiment of another.
     """
-    sid = given or sweep_dir.name
-    previous = read_json(sweep_dir / STATUS_FILE)
+    sid = given or location.path.rstrip("/").rsplit("/", 1)[-1]
+    previous = location.child(STATUS_FILE).read_json()
     known = previous.get("sweep_id") if isinstance(previous, dict) else None
     if known and known != sid:
         raise SweepDirError(
-            f"{sweep_dir} belongs to sweep {known!r}, not {sid!r}: pass --sweep-id {known} "
-            "or use another sweep directory"
+            f"{location} belongs to sweep {known!r}, not {sid!r}: pass --sweep-id {known} "
+            "or use another sweep location"
         )
     return sid
 
@@ -116,7 +116,7 @@ def run_sweep(
     spec: Any,
     trials: Sequence[Any],
     *,
-    sweep_dir: str | os.PathLike[str],
+    sweep_dir: str | os.PathLike[str] | Location,
     tracking_uri: str,
     sweep_id: str | None = None,
     ray_address: str | None = None,
@@ -132,7 +132,8 @@ def run_sweep(
     Args:
         spec: a `workers.spec.SweepSpec` (name, experiment, resources, limits, metric, mode).
         trials: its `workers.spec.Trial` list.
-        sweep_dir: the sweep's directory (status, Tune storage, lock); created if missing.
+        sweep_dir: the sweep's location (status, Tune storage): a local directory (created if
+            missing), an ``s3://bucket/prefix/<id>`` URI, or a `workers.storage.Location`.
         tracking_uri: MLflow tracking URI (``sqlite:///...`` or ``http(s)://...``).
         sweep_id: the sweep's id (default: the sweep directory's name; see `sweep_id_for`).
         ray_address: a Ray cluster to join; None joins ``RAY_ADDRESS`` or starts a local Ray
@@ -156,15 +157,16 @@ def run_sweep(
     )
 
     t0 = time.monotonic()
-    sweep_path = Path(sweep_dir).resolve()
-    sweep_path.mkdir(parents=True, exist_ok=True)
-    sid = sweep_id_for(sweep_path, sweep_id)
+    location = sweep_dir if isinstance(sweep_dir, Location) else open_location(sweep_dir)
+    if location.local:
+        location.fs.create_dir(location.path, recursive=True)
+    sid = sweep_id_for(location, sweep_id)
     keys = [t.trial_key for t in trials]
     if len(set(keys)) != len(keys):
         dup = sorted({k for k in keys if keys.count(k) > 1})
         raise ValueError(f"trials with identical configs (trial_key {dup[0]}): a sweep runs each config once")
 
-    with sweep_lock(sweep_path):
+    with sweep_lock(location):
         tracker = SweepTracker(tracking_uri, sid, artifact_root)
         # The ids are MLflow's: found by the sweep id (or created) here, never kept in a file.
         experiment_id = tracker.ensure_experiment()
@@ -173,7 +175,7 @@ def run_sweep(
         tracker.end_interrupted(runs)
 
         status = SweepStatus(
-            sweep_path,
+            location,
             {
                 "sweep_id": sid,
                 "name": spec.name,
@@ -228,7 +230,7 @@ def run_sweep(
                     tune_path, restored = _run_tune(
                         spec,
                         pending,
-                        sweep_path=sweep_path,
+                        location=location,
                         writer=writer,
                         status=status,
                         runs=runs,
@@ -270,7 +272,7 @@ def _run_tune(
     spec: Any,
     pending: Sequence[Any],
     *,
-    sweep_path: Path,
+    location: Location,
     writer: Any,
     status: Any,
     runs: Mapping[str, Any],
@@ -283,7 +285,7 @@ def _run_tune(
     verbose: int,
     signals: SignalState,
     live: Live,
-) -> tuple[Path, bool]:
+) -> tuple[Location, bool]:
     import ray
 
     from dab_core.experiments import parse_config
@@ -313,7 +315,7 @@ def _run_tune(
     tuner, path, restored = build_tuner(
         trainable,
         keys,
-        tune_root=sweep_path / TUNE_DIR,
+        tune_root=location.child(TUNE_DIR),
         callbacks=[callback],
         max_failures=spec.limits.max_failures,
         max_concurrent=spec.limits.max_concurrent,

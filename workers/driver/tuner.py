@@ -9,10 +9,10 @@ import os
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from workers._files import TUNE_TRIALS_FILE, atomic_write_json, read_json
+from workers._files import TUNE_TRIALS_FILE
+from workers.storage import Location
 
 log = logging.getLogger("workers.driver")
 
@@ -68,19 +68,23 @@ def tune_env() -> None:
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 
-def _restorable(tune_root: Path, keys: set[str]) -> Path | None:
+def _storage_filesystem(location: Location) -> Any:
+    """What Tune gets as ``storage_filesystem``: None for a local path (Tune's default)."""
+    return None if location.local else location.fs
+
+
+def _restorable(tune_root: Location, keys: set[str]) -> Location | None:
     """The newest Tune experiment under `tune_root` built for a superset of `keys`, if any."""
     from ray import tune
 
-    if not tune_root.is_dir():
-        return None
     candidates = []
-    for path in tune_root.iterdir():
-        meta = read_json(path / TUNE_TRIALS_FILE)
+    for name in tune_root.dirs():
+        meta = tune_root.child(name, TUNE_TRIALS_FILE).read_json()
         if isinstance(meta, dict) and keys <= set(meta.get("trial_keys", [])):
-            candidates.append((str(meta.get("created_at", "")), path))
-    for _, path in sorted(candidates, reverse=True):
-        if tune.Tuner.can_restore(str(path)):
+            candidates.append((str(meta.get("created_at", "")), name))
+    for _, name in sorted(candidates, reverse=True):
+        path = tune_root.child(name)
+        if tune.Tuner.can_restore(path.path, storage_filesystem=_storage_filesystem(path)):
             return path
     return None
 
@@ -94,17 +98,21 @@ def build_tuner(
     trainable: Any,
     keys: Sequence[str],
     *,
-    tune_root: Path,
+    tune_root: Location,
     callbacks: Sequence[Any],
     max_failures: int,
     max_concurrent: int | None,
     checkpoints_to_keep: int = DEFAULT_CHECKPOINTS_TO_KEEP,
     verbose: int = 0,
-) -> tuple[Any, Path, bool]:
+) -> tuple[Any, Location, bool]:
     """A Tuner for `keys`: the sweep's restorable Tune experiment for them, or a new one.
 
+    `tune_root` is the sweep's ``tune/`` location; Tune writes its experiment state and the
+    trials their checkpoints there through the same pyarrow filesystem, so a trial restored on
+    another node (or by a driver on a new head) finds its checkpoint.
+
     Returns:
-        (tuner, experiment path, restored)
+        (tuner, experiment location, restored)
     """
     from ray import tune
 
@@ -112,12 +120,17 @@ def build_tuner(
 
     path = _restorable(tune_root, set(keys))
     if path is not None:
-        tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, restart_errored=True)
+        tuner = tune.Tuner.restore(
+            path.path,
+            trainable,
+            resume_unfinished=True,
+            restart_errored=True,
+            storage_filesystem=_storage_filesystem(path),
+        )
         return tuner, path, True
-    path = tune_root / _new_experiment_name(keys)
-    atomic_write_json(
-        path / TUNE_TRIALS_FILE,
-        {"trial_keys": list(keys), "created_at": datetime.now(UTC).isoformat()},
+    path = tune_root.child(_new_experiment_name(keys))
+    path.child(TUNE_TRIALS_FILE).write_json(
+        {"trial_keys": list(keys), "created_at": datetime.now(UTC).isoformat()}
     )
     tuner = tune.Tuner(
         trainable,
@@ -129,8 +142,9 @@ def build_tuner(
             trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name=path.name,
-            storage_path=str(tune_root),
+            name=path.path.rsplit("/", 1)[-1],
+            storage_path=tune_root.path,
+            storage_filesystem=_storage_filesystem(tune_root),
             callbacks=list(callbacks),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep),
             failure_config=tune.FailureConfig(max_failures=max_failures),

@@ -23,7 +23,7 @@ from ray.tune import Callback
 
 from workers.tracking.runs import FAILED, FINISHED, KILLED, TAG_ATTEMPTS, RunSpec, truncate
 from workers.tracking.writer import MlflowWriter, Report
-from workers.trainable import HISTORY_TIME_KEY, TRIAL_KEY, read_checkpoint_history
+from workers.trainable import HISTORY_TIME_KEY, PLACEMENT_KEYS, TRIAL_KEY, read_checkpoint_history
 
 if TYPE_CHECKING:
     from workers._status import SweepStatus
@@ -54,6 +54,7 @@ _TUNE_RESULT_KEYS = frozenset(
         "should_checkpoint",
         "checkpoint_dir_name",
         HISTORY_TIME_KEY,
+        *PLACEMENT_KEYS,
     }
 )
 
@@ -253,6 +254,16 @@ class TrackingCallback(Callback):
         with self._lock:
             self._log(key, [Report(int(step), int(time.time() * 1000), values)])
             self.status.progress(key, step=step, pid=result.get("pid"), run_id=self.writer.run_id(key))
+            self._placed(key, result)
+
+    def _placed(self, key: str, result: Mapping[str, Any]) -> None:
+        """Tag the run with where the trial runs, when that changed (a new attempt, a new node)."""
+        where = {k.removeprefix("dab_"): str(result[k]) for k in PLACEMENT_KEYS if k in result}
+        if not where or not self.status.placed(key, where):
+            return
+        tags = {f"dab.{k}": v for k, v in where.items() if v or k != "device_note"}
+        tags["dab.nodes"] = ",".join(self.status.nodes(key))
+        self.writer.set_tags(key, tags)
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         key = self._key(trial)
