@@ -42,11 +42,29 @@ def test_last_error_prefers_a_failed_trial_and_names_it() -> None:
 def test_snapshot_fields_keep_only_the_rows_fields() -> None:
     status = {
         "counts": {"total": 4, "running": 1, "pending": 3},
-        "trials": {"a": {"state": "running", "last_step": 50, "attempts": 1, "pid": 123, "starts": [{}]}},
+        "trials": {
+            "a": {
+                "state": "running",
+                "last_step": 50,
+                "attempts": 1,
+                "pid": 123,
+                "starts": [{}],
+                "placement": {"node": "10.0.0.2", "device": "cpu"},
+                "nodes": ["10.0.0.1", "10.0.0.2"],
+            }
+        },
     }
     fields = snapshot_fields(status, PLAN, state="running", started_at=NOW - timedelta(seconds=10), now=NOW)
     assert fields["trials"] == {
-        "a": {"state": "running", "attempts": 1, "last_step": 50, "run_id": None, "error": None}
+        "a": {
+            "state": "running",
+            "attempts": 1,
+            "last_step": 50,
+            "run_id": None,
+            "error": None,
+            "placement": {"node": "10.0.0.2", "device": "cpu"},
+            "nodes": ["10.0.0.1", "10.0.0.2"],
+        }
     }
     assert fields["counts"] == status["counts"] and fields["progress"] == 0.125
     assert fields["eta_s"] == pytest.approx(70.0) and fields["last_error"] is None
