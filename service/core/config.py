@@ -47,9 +47,20 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         default=None, description="bearer token the API requires (unset: open)"
     )
-    sweeps_dir: Path | None = Field(
+    storage_uri: str | None = Field(
         default=None,
-        description="sweep directories (default <state dir>/sweeps; shared storage on a cluster)",
+        description="where sweeps are kept (spec, driver status, Tune state and checkpoints): a local "
+        "path or s3://bucket/prefix (default: <state dir>/sweeps)",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="endpoint of an S3-compatible server for s3:// storage, e.g. http://minio:9000 "
+        "(default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS itself)",
+    )
+    storage_shared: bool = Field(
+        default=False,
+        description="declare that a local storage_uri path is the same shared filesystem (NFS) on "
+        "every Ray node; required to use a local path with DAB_RAY_ADDRESS",
     )
     data_dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
