@@ -52,8 +52,9 @@ What Ray 2.60 does here (measured on 2 cores; the self-test prints its own timin
 * A SIGKILLed worker node is DEAD in the GCS 11-12 s later (the GCS's health checks).
 * Head loss, no GCS fault tolerance (the default, as in docker-compose.yml): the worker
   raylets keep trying the GCS for ``RAY_gcs_rpc_server_reconnect_timeout_s`` (60 s), then
-  exit ("Failed to connect to GCS within 60 seconds"; measured 61 s), and their ``ray
-  start --block`` kills the rest of the node and exits. A fresh head at the same address
+  exit ("Failed to connect to GCS within 60 seconds"; measured 61-62 s), and their ``ray
+  start --block`` kills the rest of the node and exits (in one early trial the node's two
+  agents outlived it as orphans all the same). A fresh head at the same address
   within that window does not save them: it has another cluster id (its answers are
   "WrongClusterID"), and the raylet still aborts at about the 60 s mark ("GCS returned an
   authentication error. This may happen when GCS is not backed by a DB and restarted";
