@@ -65,6 +65,10 @@ def tune_env() -> None:
     # CheckpointConfig(num_to_keep) and short trials.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # A fixed period for saving Tune's experiment state (its "auto" grows with the save time
+    # and has no bound): the tracking callback deletes a superseded checkpoint only after a
+    # save that no longer names it (`workers.tracking.callback.CheckpointRetention`).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "10")
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 
@@ -102,7 +106,6 @@ def build_tuner(
     callbacks: Sequence[Any],
     max_failures: int,
     max_concurrent: int | None,
-    checkpoints_to_keep: int = DEFAULT_CHECKPOINTS_TO_KEEP,
     verbose: int = 0,
 ) -> tuple[Any, Location, bool]:
     """A Tuner for `keys`: the sweep's restorable Tune experiment for them, or a new one.
@@ -146,7 +149,8 @@ def build_tuner(
             storage_path=tune_root.path,
             storage_filesystem=_storage_filesystem(tune_root),
             callbacks=list(callbacks),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep),
+            # Tune deletes nothing: the tracking callback does, safely (`CheckpointRetention`).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             failure_config=tune.FailureConfig(max_failures=max_failures),
             verbose=verbose,
         ),
