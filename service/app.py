@@ -175,10 +175,18 @@ def create_app(settings: Settings | None = None, *, start_ray: bool = True) -> F
         if start_ray:
 
             def run() -> None:
-                try:
-                    manager.start()
-                except Exception:
-                    return
+                # A cluster's head may come up after the service (or be restarting): keep trying,
+                # with /healthz saying why meanwhile. The embedded head fails for reasons a
+                # retry does not cure (missing packages, no free port): once is enough.
+                delay = 1.0
+                while True:
+                    try:
+                        manager.start()
+                        break
+                    except Exception:
+                        if settings.embedded or stop.wait(delay):
+                            return
+                        delay = min(delay * 2, 30.0)
                 freeze_heap()  # again, with Ray's client imported
                 manager.reconcile_all()  # at start: every unfinished sweep against its job
                 manager.run_reconciler(stop)

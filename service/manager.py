@@ -108,6 +108,7 @@ class SweepManager:
                     token.get_secret_value() if token else os.environ.get("RAY_AUTH_TOKEN"),
                 )
             self.jobs.client()
+            self.start_error = None
             self.ready.set()
         except Exception as e:
             self.start_error = f"{type(e).__name__}: {e}"

@@ -194,13 +194,18 @@ def make_trainable(
     return tune.with_resources(bound, dict(resources))
 
 
+def trial_dirname_suffix(trial_key: str) -> str:
+    """What ends the Tune trial directory (and trial name) of `trial_key`."""
+    return trial_key[:16]
+
+
 def trial_dirname(trial: Any) -> str:
     """Tune trial directory name: short and stable (the default embeds the whole config)."""
-    return f"{trial.trial_id}-{str(trial.config.get(TRIAL_KEY, ''))[:16]}"
+    return f"{trial.trial_id}-{trial_dirname_suffix(str(trial.config.get(TRIAL_KEY, '')))}"
 
 
 def trial_name(trial: Any) -> str:
-    return f"{trial.trial_id}-{str(trial.config.get(TRIAL_KEY, ''))[:16]}"
+    return trial_dirname(trial)
 
 
 __all__ = [
@@ -214,5 +219,6 @@ __all__ = [
     "read_history",
     "resolve_resources",
     "trial_dirname",
+    "trial_dirname_suffix",
     "trial_name",
 ]

@@ -210,10 +210,10 @@ def test_a_trial_tune_finished_but_mlflow_never_ended_is_finished_from_its_check
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     assert view.steps(run) == {m: STEPS for m in sorting_metrics}
     assert view.statuses() == ["FINISHED"] * 3
-    # Its checkpoints left Tune's storage once it was FINISHED; the other trial's (run with
-    # prune_checkpoints=False) are still there.
-    remaining = {p.parent.name.split("-", 1)[1] for p in _tune_checkpoints(sweep_dir)}
-    assert remaining == {trials[1].trial_key[:16]}
+    # Its checkpoints left Tune's storage once it was FINISHED, and so did the other trial's,
+    # which the first run (prune_checkpoints=False, as a driver killed before it pruned) left:
+    # the second driver skipped that trial and deleted them.
+    assert _tune_checkpoints(sweep_dir) == []
 
 
 @pytest.mark.slow
@@ -471,3 +471,35 @@ def test_a_sweep_on_object_storage_keeps_its_state_there(
     # Nothing of the sweep landed on local disk (the MLflow store is the test's own).
     new = {p for p in set(tmp_path.rglob("*")) - before if "mlflow" not in p.parts}
     assert new == set()
+
+
+@pytest.mark.slow
+def test_a_running_trial_keeps_only_its_newest_checkpoints(
+    ray_address: str,
+    tracking_uri: str,
+    tmp_path: Path,
+    make_sweep: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The callback deletes superseded checkpoints (Tune's num_to_keep is off, see
+    `CheckpointRetention`); with no grace period, each trial ends with its newest two."""
+    from workers.tracking import callback
+
+    monkeypatch.setattr(callback, "SUPERSEDED_GRACE_S", 0.0)
+    spec, trials = make_sweep("keep", replicates=2, steps=80, eval_every=10)
+    sweep_dir = tmp_path / "sweep-keep"
+    outcome = run_sweep(
+        spec,
+        trials,
+        sweep_dir=sweep_dir,
+        tracking_uri=tracking_uri,
+        prune_checkpoints=False,
+        checkpoints_to_keep=2,
+    )
+    assert outcome.exit_code == 0
+    by_trial: dict[str, list[str]] = {}
+    for p in _tune_checkpoints(sweep_dir):
+        by_trial.setdefault(p.parent.name, []).append(p.name)
+    assert len(by_trial) == 2
+    for names in by_trial.values():  # 8 checkpoints each (steps 10..80): the last two are left
+        assert names == ["checkpoint_000006", "checkpoint_000007"], names

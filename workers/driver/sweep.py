@@ -13,7 +13,13 @@ from typing import Any
 
 from workers._files import STATUS_FILE, TUNE_DIR, sweep_lock
 from workers.driver.signals import Live, SignalState, stop_on_signals
-from workers.driver.tuner import DEFAULT_CHECKPOINTS_TO_KEEP, build_tuner, ensure_ray, tune_env
+from workers.driver.tuner import (
+    DEFAULT_CHECKPOINTS_TO_KEEP,
+    build_tuner,
+    ensure_ray,
+    prune_finished_checkpoints,
+    tune_env,
+)
 from workers.storage import Location, open_location
 
 log = logging.getLogger("workers.driver")
@@ -198,6 +204,8 @@ def run_sweep(
         tracker.client.set_tag(parent_id, TAG_SKIPPED_COUNT, str(len(skipped)))
         tracker.client.set_tag(parent_id, TAG_SKIPPED, truncate(",".join(skipped), 8000)[0])
         status.write()
+        if prune_checkpoints and skipped:
+            prune_finished_checkpoints(location.child(TUNE_DIR), skipped)
 
         outcome = SweepOutcome(
             sweep_id=sid,

@@ -93,6 +93,31 @@ def _restorable(tune_root: Location, keys: set[str]) -> Location | None:
     return None
 
 
+def prune_finished_checkpoints(tune_root: Location, keys: Sequence[str]) -> int:
+    """Delete what Tune's storage still holds of trials whose MLflow run is FINISHED.
+
+    A finished trial's checkpoints are deleted right after its run ends, by the driver that ran
+    it; a driver killed between the two (a lost head) leaves them. The next driver skips the
+    trial, so it deletes them here. FINISHED means the final checkpoint is an MLflow artifact
+    already: the writer ends a run only after its artifacts. Returns how many it deleted.
+    """
+    from workers.trainable import trial_dirname_suffix
+
+    suffixes = {trial_dirname_suffix(k) for k in keys}
+    deleted = 0
+    for experiment in tune_root.dirs():
+        for trial_dir in tune_root.child(experiment).dirs():
+            if trial_dir.rsplit("-", 1)[-1] not in suffixes:
+                continue
+            for name in tune_root.child(experiment, trial_dir).dirs():
+                if name.startswith("checkpoint_"):
+                    tune_root.child(experiment, trial_dir, name).delete()
+                    deleted += 1
+    if deleted:
+        log.info("deleted %d checkpoint(s) of finished trials left in Tune's storage", deleted)
+    return deleted
+
+
 def _new_experiment_name(keys: Sequence[str]) -> str:
     digest = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:8]
     return f"run-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{digest}"

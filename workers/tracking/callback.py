@@ -119,9 +119,9 @@ class CheckpointRetention:
     MLflow (`_prune_trial_checkpoints`).
     """
 
-    def __init__(self, keep: int, grace_s: float = SUPERSEDED_GRACE_S) -> None:
+    def __init__(self, keep: int, grace_s: float | None = None) -> None:
         self.keep = max(1, keep)
-        self.grace_s = grace_s
+        self.grace_s = SUPERSEDED_GRACE_S if grace_s is None else grace_s
         self._seen: dict[str, list[tuple[str, float]]] = {}  # trial key -> (path, registered at)
 
     def add(self, key: str, path: str, now: float) -> None:
