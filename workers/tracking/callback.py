@@ -192,6 +192,7 @@ class TrackingCallback(Callback):
         self.token = token
         self.ended: dict[str, str] = {}  # trial_key -> FINISHED / FAILED / KILLED, this session
         self.started: set[str] = set()
+        self._tagged: set[str] = set()  # trials whose run has this attempt's placement tags
         self._stopped = False
         self._reconciled = False
         self._lock = threading.RLock()  # signal handlers call `stop` on the loop's thread
@@ -278,6 +279,7 @@ class TrackingCallback(Callback):
             if self._stopped:
                 return
             self.started.add(key)
+            self._tagged.discard(key)
             attempt = self.status.attempts(key) + 1
             self.writer.open_run(key, self.run_specs[key], {TAG_ATTEMPTS: str(attempt)})
             from_step = 0.0
@@ -301,10 +303,16 @@ class TrackingCallback(Callback):
             self._placed(key, result)
 
     def _placed(self, key: str, result: Mapping[str, Any]) -> None:
-        """Tag the run with where the trial runs, when that changed (a new attempt, a new node)."""
+        """Tag the run with where the trial runs: at each attempt's first report, and whenever it
+        changed. Once per attempt even when unchanged: a driver killed just after a trial moved
+        can leave the move in the status file but not yet on the run."""
         where = {k.removeprefix("dab_"): str(result[k]) for k in PLACEMENT_KEYS if k in result}
-        if not where or not self.status.placed(key, where):
+        if not where:
             return
+        changed = self.status.placed(key, where)
+        if not changed and key in self._tagged:
+            return
+        self._tagged.add(key)
         tags = {f"dab.{k}": v for k, v in where.items() if v or k != "device_note"}
         tags["dab.nodes"] = ",".join(self.status.nodes(key))
         self.writer.set_tags(key, tags)

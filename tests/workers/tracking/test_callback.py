@@ -41,6 +41,9 @@ class _Writer:
     def run_id(self, key: str) -> str:
         return f"run-{key}"
 
+    def set_tags(self, key: str, tags: dict[str, str]) -> None:
+        self.ops.append(("tags", key, tags))
+
 
 class _Status:
     def __init__(self) -> None:
@@ -172,3 +175,49 @@ def test_checkpoint_retention_deletes_only_what_no_saved_state_can_name() -> Non
     r.add("k", "c4", 10_001)
     assert r.due("k", 10_001) == ["c2"]  # c3's age counts, not c4's
     assert r.due("other", 10_001) == []
+
+
+def test_placement_is_tagged_at_each_attempt_and_on_every_move(tmp_path: Any) -> None:
+    """The status file may hold a move the run never got (a driver killed right after it): the
+    next driver tags the run at the attempt's first report even when nothing changed."""
+    from workers._status import SweepStatus
+    from workers.storage import open_location
+
+    location = open_location(tmp_path / "sweep")
+    where_b = {
+        "dab_node": "10.0.0.2",
+        "dab_gpu_ids": "1",
+        "dab_cuda_visible_devices": "1",
+        "dab_device": "cpu",
+        "dab_device_note": "",
+    }
+    trial_def = SimpleNamespace(trial_key="k", index=0, cell_key="c", replicate=0, seed=1)
+    before = SweepStatus(location, {"sweep_id": "s"})
+    before.add_trials([trial_def], {})
+    before.placed(
+        "k",
+        {"node": "10.0.0.1", "gpu_ids": "0", "cuda_visible_devices": "0", "device": "cpu", "device_note": ""},
+    )
+    before.placed("k", {k.removeprefix("dab_"): v for k, v in where_b.items()})
+    before.write()  # ... and the driver dies before its writer tags the run
+
+    status = SweepStatus(location, {"sweep_id": "s"})
+    status.add_trials([trial_def], {})
+    writer = _Writer()
+    spec = RunSpec(run_name="k", tags={TAG_ROLE: "trial", TAG_TRIAL_KEY: "k"}, params={}, config={})
+    callback = TrackingCallback(
+        writer=writer, status=status, run_specs={"k": spec}, last_steps={}, token="t-place"
+    )  # type: ignore[arg-type]
+    try:
+        trial = _trial()
+        callback.on_trial_start(0, [trial], trial)
+        callback.on_trial_result(0, [trial], trial, {"step": 10.0, **where_b})  # unchanged
+        callback.on_trial_result(0, [trial], trial, {"step": 20.0, **where_b})
+        callback.on_trial_result(0, [trial], trial, {"step": 30.0, **where_b, "dab_node": "10.0.0.3"})
+        tags = [op[2] for op in writer.ops if op[0] == "tags"]
+        assert [t["dab.nodes"] for t in tags] == ["10.0.0.1,10.0.0.2", "10.0.0.1,10.0.0.2,10.0.0.3"]
+        assert tags[0]["dab.cuda_visible_devices"] == tags[0]["dab.gpu_ids"] == "1"
+        assert "dab.device_note" not in tags[0]  # empty: not set
+        assert status.data["trials"]["k"]["nodes"] == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    finally:
+        callback.unregister()
