@@ -137,6 +137,7 @@ def test_one_sweep_through_packing_node_loss_and_head_loss() -> None:
     # Ray's node health checks as on a cluster, a little faster: the GCS declares a dead node
     # after ~11 s by default here (the harness measured it), fine for the test as it is.
     with cluster_topology(env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}) as c:
+        left_behind = (c.h.root, c.s3.endpoint_url, [c.mlflow_db_url, c.service_db_url])
         print("\nstart-up (s):", {k: round(v, 1) for k, v in c.timings.items()})
         service, http = _service(c)
         node_a, node_b = (c.ray.workers[n].ip for n in ("node_a", "node_b"))
@@ -248,6 +249,22 @@ def test_one_sweep_through_packing_node_loss_and_head_loss() -> None:
         finally:
             http.close()
             service.kill(grace_s=10)
+    _check_teardown(*left_behind)
+
+
+def _check_teardown(root: Path, s3_endpoint: str, db_urls: list[str]) -> None:
+    """No process (the harness raises on its way out if one is left), no database, no S3."""
+    import psycopg2
+
+    from tests.pg import PG_ADMIN_URL
+
+    assert not root.exists()
+    names = [u.rsplit("/", 1)[1] for u in db_urls]
+    with contextlib.closing(psycopg2.connect(PG_ADMIN_URL, connect_timeout=5)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT datname FROM pg_database WHERE datname = ANY(%s)", (names,))
+        assert cur.fetchall() == []
+    with pytest.raises(httpx.HTTPError):  # the S3 server (and its bucket) are gone
+        httpx.get(s3_endpoint, timeout=2)
 
 
 def _explain(c: Cluster, http: httpx.Client, sweep_id: str, service: Any) -> None:

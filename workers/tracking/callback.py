@@ -115,7 +115,7 @@ class CheckpointRetention:
     with ``num_to_keep=None`` and deletes here instead: checkpoint j goes only when at least
     `keep` newer ones exist and its successor is older than `grace_s`, by which time Tune has
     saved the experiment state again (every ``TUNE_GLOBAL_CHECKPOINT_S``, which the driver fixes
-    at 10 s) and uploaded it. A finished trial's checkpoints all go once its final one is in
+    at 2 s) and uploaded it. A finished trial's checkpoints all go once its final one is in
     MLflow (`_prune_trial_checkpoints`).
     """
 
