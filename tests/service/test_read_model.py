@@ -311,3 +311,13 @@ def test_a_sweep_on_object_storage_is_read_from_there(serve: Any, tmp_path: Path
             "mlflow.db-shm",
             "artifacts",
         }
+
+
+def test_storage_that_cannot_be_written_is_a_503_and_leaves_no_sweep(serve: Any) -> None:
+    """The spec is written before the row: a storage outage refuses the sweep whole."""
+    api = serve(storage_uri="s3://no-such-server/sweeps", s3_endpoint_url="http://127.0.0.1:1")
+    r = api.submit()
+    assert r.status_code == 503, r.text
+    body = r.json()
+    assert "cannot write the sweep to storage s3://no-such-server/sweeps" in body["message"]
+    assert api.http.get("/v1/sweeps").json()["data"] == []
