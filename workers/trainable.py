@@ -188,10 +188,66 @@ def make_trainable(
 ) -> Callable[..., Any]:
     """`dab_trainable` bound to its trial table (via `tune.with_parameters`) and resources."""
     from ray import tune
+    from ray.tune.trainable import wrap_function
 
     keys = None if run_keys is None else frozenset(run_keys)
     bound = tune.with_parameters(dab_trainable, trial_configs=dict(trial_configs), run_keys=keys)
-    return tune.with_resources(bound, dict(resources))
+    # The class Tune makes of a function trainable, made here so that `restore` can be ours.
+    base = wrap_function(bound, name="dab_trainable")
+
+    class DabTrainable(base):  # type: ignore[misc,valid-type]
+        """Restores from the newest whole checkpoint when the one Tune names is gone (see
+        `existing_checkpoint`)."""
+
+        def restore(self, checkpoint_path: Any) -> Any:
+            checkpoint = existing_checkpoint(checkpoint_path)
+            if checkpoint is None:  # none left whole: the trial starts over (get_checkpoint: None)
+                return None
+            return super().restore(checkpoint)
+
+    DabTrainable.__name__ = DabTrainable.__qualname__ = "dab_trainable"  # Tune's name for it
+    return tune.with_resources(DabTrainable, dict(resources))
+
+
+def existing_checkpoint(named: Any) -> Any:
+    """The checkpoint to restore: the one Tune names, or, when it is gone, the trial's newest
+    whole checkpoint beside it (None: start over).
+
+    Tune deletes a trial's checkpoint k-K the moment checkpoint k registers (``num_to_keep=K``)
+    but saves its experiment state, which names the checkpoint a restore reads, only every K
+    checkpoints or every 10 s and more: a driver lost in between (a lost head) leaves a state
+    naming a deleted checkpoint, and Tune fails the trial ("Could not recover from checkpoint as
+    it does not exist on storage anymore"; 2 of 8 trials in tests/e2e/test_cluster.py, and the
+    killed driver of tests/workers/test_faults.py). The newer checkpoints are in the same trial
+    directory; the newest with every file of `CHECKPOINT_FILES` is whole (Tune registers a
+    checkpoint only once uploaded; a trial killed mid-upload leaves one without them). Its
+    history covers every step up to it, so the run gets no gap, and the driver drops the
+    steps it already holds.
+    """
+    from pyarrow.fs import FileSelector, FileType
+    from ray import tune
+
+    from dab_core.training import CHECKPOINT_FILE
+
+    checkpoint = getattr(named, "checkpoint", named)
+    if not isinstance(checkpoint, tune.Checkpoint):
+        return named
+    fs: Any = checkpoint.filesystem
+    path = checkpoint.path.rstrip("/")
+    if fs.get_file_info(path).type != FileType.NotFound:
+        return named
+    parent = path.rsplit("/", 1)[0]
+    dirs = [
+        i.path
+        for i in fs.get_file_info(FileSelector(parent, allow_not_found=True))
+        if i.type == FileType.Directory and i.base_name.startswith("checkpoint_")
+    ]
+    for candidate in sorted(dirs, reverse=True):  # checkpoint_000012 sorts after _000011
+        # what a whole checkpoint holds (each file one object on S3: there whole or not at all)
+        files = fs.get_file_info([f"{candidate}/{name}" for name in (CHECKPOINT_FILE, HISTORY_FILE)])
+        if all(f.type == FileType.File for f in files):
+            return tune.Checkpoint(candidate, filesystem=fs)
+    return None
 
 
 def trial_dirname_suffix(trial_key: str) -> str:
@@ -213,6 +269,7 @@ __all__ = [
     "PLACEMENT_KEYS",
     "TRIAL_KEY",
     "dab_trainable",
+    "existing_checkpoint",
     "make_trainable",
     "placement",
     "read_checkpoint_history",

@@ -474,18 +474,13 @@ def test_a_sweep_on_object_storage_keeps_its_state_there(
 
 
 @pytest.mark.slow
-def test_a_running_trial_keeps_only_its_newest_checkpoints(
+def test_a_running_trial_keeps_its_newest_checkpoints(
     ray_address: str,
     tracking_uri: str,
     tmp_path: Path,
     make_sweep: Callable[..., Any],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The callback deletes superseded checkpoints (Tune's num_to_keep is off, see
-    `CheckpointRetention`); with no grace period, each trial ends with its newest two."""
-    from workers.tracking import callback
-
-    monkeypatch.setattr(callback, "SUPERSEDED_GRACE_S", 0.0)
+    """`checkpoints_to_keep` reaches Tune: with pruning off, each trial ends with its newest N."""
     spec, trials = make_sweep("keep", replicates=2, steps=80, eval_every=10)
     sweep_dir = tmp_path / "sweep-keep"
     outcome = run_sweep(

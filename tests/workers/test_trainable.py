@@ -143,3 +143,30 @@ def test_trainable_under_tune(
     failed = results["bad"]
     assert failed.error is not None and "lr" in str(failed.error)
     assert "bad" not in recorder.steps
+
+
+def test_a_checkpoint_tune_names_but_deleted_falls_back_to_the_newest_whole_one(tmp_path: Path) -> None:
+    """Tune's saved state can name a checkpoint its num_to_keep already deleted (a driver lost
+    in between): the restore takes the trial's newest whole checkpoint instead."""
+    from ray import tune
+
+    from workers.trainable import existing_checkpoint
+
+    trial = tmp_path / "trial_0"
+    for n, files in [
+        (3, ["trial.pt", "dab_history.json"]),
+        (4, ["trial.pt", "dab_history.json"]),
+        (5, ["trial.pt"]),
+    ]:
+        d = trial / f"checkpoint_{n:06d}"
+        d.mkdir(parents=True)
+        for f in files:
+            (d / f).write_text("x")
+    named = tune.Checkpoint(str(trial / "checkpoint_000001"))  # deleted by Tune
+    found = existing_checkpoint(named)
+    assert found.path == str(trial / "checkpoint_000004")  # 5 is partial (no history): skipped
+    here = tune.Checkpoint(str(trial / "checkpoint_000003"))
+    assert existing_checkpoint(here) is here  # it exists: Tune's choice stands
+    for d in trial.iterdir():
+        (d / "trial.pt").unlink()
+    assert existing_checkpoint(named) is None  # nothing whole: the trial starts over

@@ -145,9 +145,7 @@ def run_sweep(
         ray_address: a Ray cluster to join; None joins ``RAY_ADDRESS`` or starts a local Ray
             (with `num_cpus`). An already initialised Ray in this process is used as it is.
         artifact_root: where the sweep's MLflow artifacts go (default: beside a sqlite store).
-        checkpoints_to_keep: a running trial's newest checkpoints always kept in Tune's storage
-            (older ones go once no saved experiment state can name them; see
-            `workers.tracking.callback.CheckpointRetention`).
+        checkpoints_to_keep: Tune's ``CheckpointConfig(num_to_keep)`` per running trial.
         prune_checkpoints: delete a finished trial's checkpoints from Tune's storage once its
             final checkpoint is an MLflow artifact.
     """
@@ -318,7 +316,6 @@ def _run_tune(
         last_steps={t.trial_key: runs[t.trial_key].last_step for t in pending if t.trial_key in runs},
         token=token,
         prune_checkpoints=prune_checkpoints,
-        checkpoints_to_keep=checkpoints_to_keep,
     )
     live.callback = callback
     keys = [t.trial_key for t in pending]
@@ -330,6 +327,7 @@ def _run_tune(
         callbacks=[callback],
         max_failures=spec.limits.max_failures,
         max_concurrent=spec.limits.max_concurrent,
+        checkpoints_to_keep=checkpoints_to_keep,
         verbose=verbose,
     )
     status.set(tune_experiment=str(path), resources=resources)

@@ -65,13 +65,6 @@ def tune_env() -> None:
     # CheckpointConfig(num_to_keep) and short trials.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # A fixed period for saving Tune's experiment state, which is what a restore reads: its
-    # "auto" grows with the save time and has no bound, and with num_to_keep=None (see
-    # `workers.tracking.callback.CheckpointRetention`) Tune no longer forces a save after a
-    # trial's checkpoints. Every 2 s keeps a restored trial within 2 s (and one upload) of its
-    # last checkpoint; what the saves cost a 1,000-trial driver is bench/orchestration.py's to
-    # show (not measured yet).
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 
@@ -134,6 +127,7 @@ def build_tuner(
     callbacks: Sequence[Any],
     max_failures: int,
     max_concurrent: int | None,
+    checkpoints_to_keep: int = DEFAULT_CHECKPOINTS_TO_KEEP,
     verbose: int = 0,
 ) -> tuple[Any, Location, bool]:
     """A Tuner for `keys`: the sweep's restorable Tune experiment for them, or a new one.
@@ -177,8 +171,7 @@ def build_tuner(
             storage_path=tune_root.path,
             storage_filesystem=_storage_filesystem(tune_root),
             callbacks=list(callbacks),
-            # Tune deletes nothing: the tracking callback does, safely (`CheckpointRetention`).
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep),
             failure_config=tune.FailureConfig(max_failures=max_failures),
             verbose=verbose,
         ),

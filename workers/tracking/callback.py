@@ -99,46 +99,6 @@ def _prune_trial_checkpoints(trial: Any) -> None:
             fs.delete_dir(info.path)
 
 
-#: How long a superseded checkpoint of a running trial stays (see `CheckpointRetention`).
-SUPERSEDED_GRACE_S = 120.0
-
-
-class CheckpointRetention:
-    """Deletes a running trial's older checkpoints once no saved experiment state can name them.
-
-    Tune's own ``CheckpointConfig(num_to_keep=K)`` deletes checkpoint k-K as soon as checkpoint k
-    is registered, and forces an experiment-state upload only every K checkpoints of a trial, an
-    upload that takes time of its own on object storage. In between, the experiment state in
-    storage names a checkpoint that is gone: a driver killed then (a lost head) restores a trial
-    Tune cannot recover ("Could not recover from checkpoint as it does not exist on storage
-    anymore", seen in tests/e2e/test_cluster.py with 2 of 8 trials). So the driver runs Tune
-    with ``num_to_keep=None`` and deletes here instead: checkpoint j goes only when at least
-    `keep` newer ones exist and its successor is older than `grace_s`, by which time Tune has
-    saved the experiment state again (every ``TUNE_GLOBAL_CHECKPOINT_S``, which the driver fixes
-    at 2 s) and uploaded it. A finished trial's checkpoints all go once its final one is in
-    MLflow (`_prune_trial_checkpoints`).
-    """
-
-    def __init__(self, keep: int, grace_s: float | None = None) -> None:
-        self.keep = max(1, keep)
-        self.grace_s = SUPERSEDED_GRACE_S if grace_s is None else grace_s
-        self._seen: dict[str, list[tuple[str, float]]] = {}  # trial key -> (path, registered at)
-
-    def add(self, key: str, path: str, now: float) -> None:
-        self._seen.setdefault(key, []).append((path, now))
-
-    def due(self, key: str, now: float) -> list[str]:
-        """The checkpoint paths of `key` to delete now (and forgets them)."""
-        seen = self._seen.get(key, [])
-        out = []
-        while len(seen) > self.keep and now - seen[1][1] >= self.grace_s:
-            out.append(seen.pop(0)[0])
-        return out
-
-    def forget(self, key: str) -> None:
-        self._seen.pop(key, None)
-
-
 # The live callback a restored Tuner gets back: see `TrackingCallback.__reduce__`.
 _LIVE_CALLBACKS: dict[str, TrackingCallback] = {}
 
@@ -168,8 +128,6 @@ class TrackingCallback(Callback):
             for every driver of the sweep.
         prune_checkpoints: once a finished trial's final checkpoint is an MLflow artifact,
             delete its checkpoints from Tune's storage.
-        checkpoints_to_keep: a running trial's newest checkpoints always kept; older ones are
-            deleted by `CheckpointRetention` (None: keep them all until the trial ends).
     """
 
     def __init__(
@@ -181,10 +139,8 @@ class TrackingCallback(Callback):
         last_steps: Mapping[str, float | None],
         token: str,
         prune_checkpoints: bool = True,
-        checkpoints_to_keep: int | None = None,
     ) -> None:
         self.writer = writer
-        self.retention = CheckpointRetention(checkpoints_to_keep) if checkpoints_to_keep else None
         self.prune_checkpoints = prune_checkpoints
         self.status = status
         self.run_specs = dict(run_specs)
@@ -316,20 +272,6 @@ class TrackingCallback(Callback):
         tags = {f"dab.{k}": v for k, v in where.items() if v or k != "device_note"}
         tags["dab.nodes"] = ",".join(self.status.nodes(key))
         self.writer.set_tags(key, tags)
-
-    def on_checkpoint(
-        self, iteration: int, trials: list[Any], trial: Any, checkpoint: Any, **info: Any
-    ) -> None:
-        key = self._key(trial)
-        if key is None or self.retention is None or checkpoint is None:
-            return
-        now = time.monotonic()
-        self.retention.add(key, checkpoint.path, now)
-        for path in self.retention.due(key, now):
-            try:
-                checkpoint.filesystem.delete_dir(path)
-            except (FileNotFoundError, OSError) as e:  # gone already, or storage hiccup: keep going
-                log.warning("trial %s: superseded checkpoint %s not deleted: %s", key, path, e)
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         key = self._key(trial)

@@ -160,23 +160,6 @@ def test_a_restored_tuner_gets_the_live_callback_back_by_its_token() -> None:
     assert type(gone) is Callback
 
 
-def test_checkpoint_retention_deletes_only_what_no_saved_state_can_name() -> None:
-    """A superseded checkpoint goes once `keep` newer ones exist and its successor is older than
-    the grace period (by then Tune has saved experiment state that names the successor)."""
-    from workers.tracking.callback import CheckpointRetention
-
-    r = CheckpointRetention(keep=2, grace_s=100)
-    for i, t in enumerate([0, 10, 20, 30]):
-        r.add("k", f"c{i}", t)
-    assert r.due("k", 50) == []  # c1 (c0's successor) is 40 s old: a saved state may name c0
-    assert r.due("k", 110) == ["c0"]  # c1 is 100 s old now
-    assert r.due("k", 125) == ["c1"]  # c2 registered at 20
-    assert r.due("k", 10_000) == []  # the newest two always stay
-    r.add("k", "c4", 10_001)
-    assert r.due("k", 10_001) == ["c2"]  # c3's age counts, not c4's
-    assert r.due("other", 10_001) == []
-
-
 def test_placement_is_tagged_at_each_attempt_and_on_every_move(tmp_path: Any) -> None:
     """The status file may hold a move the run never got (a driver killed right after it): the
     next driver tags the run at the attempt's first report even when nothing changed."""
