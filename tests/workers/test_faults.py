@@ -20,8 +20,8 @@ import pytest
 from workers.driver import SweepOutcome, run_sweep
 
 # Long enough to be caught mid-way (several seconds of training), a checkpoint every 3 reports.
-LONG = {"steps": 600, "eval_every": 10, "checkpoint_every": 30, "batch_size": 256}
-ALL_STEPS = list(range(10, 601, 10))
+LONG = {"steps": 1200, "eval_every": 10, "checkpoint_every": 30, "batch_size": 256}
+ALL_STEPS = list(range(10, 1201, 10))
 
 
 def _status(sweep_dir: Path) -> dict[str, Any] | None:
@@ -36,7 +36,8 @@ def _trial_past(sweep_dir: Path, step: int) -> tuple[str, dict[str, Any]] | None
     if status is None:
         return None
     for key, trial in status["trials"].items():
-        if trial["state"] == "running" and trial["pid"] and step <= (trial["last_step"] or 0) < 450:
+        # well before the end: a trial this fast passes hundreds of steps between status writes
+        if trial["state"] == "running" and trial["pid"] and step <= (trial["last_step"] or 0) < 900:
             return key, trial
     return None
 

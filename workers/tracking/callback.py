@@ -23,7 +23,13 @@ from ray.tune import Callback
 
 from workers.tracking.runs import FAILED, FINISHED, KILLED, TAG_ATTEMPTS, RunSpec, truncate
 from workers.tracking.writer import MlflowWriter, Report
-from workers.trainable import HISTORY_TIME_KEY, PLACEMENT_KEYS, TRIAL_KEY, read_checkpoint_history
+from workers.trainable import (
+    HISTORY_TIME_KEY,
+    PLACEMENT_KEYS,
+    TRIAL_KEY,
+    existing_checkpoint,
+    read_checkpoint_history,
+)
 
 if TYPE_CHECKING:
     from workers._status import SweepStatus
@@ -240,7 +246,11 @@ class TrackingCallback(Callback):
             self.writer.open_run(key, self.run_specs[key], {TAG_ATTEMPTS: str(attempt)})
             from_step = 0.0
             if trial.checkpoint is not None:
-                from_step = self._backfill(key, trial.checkpoint)
+                # the checkpoint the trainable will restore: Tune's, or the newest whole one
+                # when Tune's is gone (`existing_checkpoint`); its history fills the run's gap
+                restored = existing_checkpoint(trial.checkpoint)
+                if restored is not None:
+                    from_step = self._backfill(key, restored)
             self.status.started(key, from_step=from_step, run_id=self.writer.run_id(key))
 
     def on_trial_result(
