@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+from service.server import free_port
 
 #: Credentials moto accepts; set in the environment of every process that talks to it.
 FAKE_AWS_ENV = {
@@ -37,12 +38,6 @@ class S3Server:
         """Every object key under `prefix` in the bucket."""
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
         return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

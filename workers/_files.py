@@ -24,13 +24,11 @@ import contextlib
 import errno
 import fcntl
 import hashlib
-import json
 import os
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from workers.storage import Location
 
@@ -39,21 +37,6 @@ STATUS_FILE = "status.json"
 LOCK_FILE = "driver.lock"
 TUNE_DIR = "tune"
 TUNE_TRIALS_FILE = "dab_trials.json"
-
-
-def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
-    """Write `data` as JSON to a local `path` so that readers see the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=False, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class SweepLockedError(RuntimeError):

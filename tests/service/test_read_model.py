@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.s3 import S3Server, s3_server
-from workers._files import SPEC_FILE, STATUS_FILE, atomic_write_json
+from workers._files import SPEC_FILE, STATUS_FILE
 from workers.tracking import (
     ROLE_SWEEP,
     ROLE_TRIAL,
@@ -226,11 +226,11 @@ def test_a_running_sweeps_results_are_the_rows_and_follow_finished_trials(runnin
     # the running trial finishes: the next pass recomputes the results with it
     key = next(k for k, t in played["trials"].items() if t["state"] == "running")
     played["client"].set_terminated(played["trials"][key]["run_id"], "FINISHED")
-    status_path = Path(manager.reads.sweep(sweep_id).sweep_dir) / STATUS_FILE
-    status = json.loads(status_path.read_text())
+    status_file = manager.location(manager.reads.sweep(sweep_id)).child(STATUS_FILE)
+    status = status_file.read_json()
     status["trials"][key]["state"] = "finished"
     status["counts"] = {**status["counts"], "finished": 3, "running": 0}
-    atomic_write_json(status_path, status)
+    status_file.write_json(status)
     manager.reconcile_all()
     assert manager.reads.sweep(sweep_id).results_runs == 3
     body = api.http.get(f"/v1/sweeps/{sweep_id}/results").json()
