@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.deps import AppState, require_token
-from service.api.routes import health, sweeps
+from service.api.routes import health, suites, sweeps
 from service.core.config import Settings
 from service.core.errors import PayloadTooLargeError, error_response, install_error_handlers
 from service.db.session import make_engine, session_factory, upgrade
@@ -214,6 +214,7 @@ def create_app(settings: Settings | None = None, *, start_ray: bool = True) -> F
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(sweeps.router, dependencies=[Depends(require_token)])
+    app.include_router(suites.router, dependencies=[Depends(require_token)])
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(TelemetryMiddleware, telemetry=telemetry)
 

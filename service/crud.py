@@ -1,4 +1,5 @@
-"""Queries and updates of sweeps. Functions take a `Session` and commit what they change."""
+"""Queries and updates of sweeps and suites. Functions take a `Session` and commit what they
+change."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.core.errors import ConflictError, NotFoundError
-from service.db.models import ACTIVE_STATES, TERMINAL_STATES, Sweep, utcnow
+from service.db.models import ACTIVE_STATES, TERMINAL_STATES, Suite, Sweep, utcnow
 
 
 def get_sweep(session: Session, sweep_id: str) -> Sweep:
@@ -89,6 +90,23 @@ def count_active(session: Session) -> int:
     )
 
 
+def count_in_states(session: Session, states: Sequence[str]) -> int:
+    return int(session.scalar(select(func.count()).select_from(Sweep).where(Sweep.state.in_(states))) or 0)
+
+
+def admission_order(session: Session) -> list[Sweep]:
+    """Sweeps that may be started, in the order they are: queued ones without a driver yet and
+    waiting ones, highest priority first, then in submission order (a suite's members in the
+    order it lists them)."""
+    return list(
+        session.scalars(
+            select(Sweep)
+            .where(((Sweep.state == "queued") & Sweep.ray_job_id.is_(None)) | (Sweep.state == "waiting"))
+            .order_by(Sweep.priority.desc(), Sweep.created_at, Sweep.member_index, Sweep.id)
+        )
+    )
+
+
 def count_by_state(session: Session) -> dict[str, int]:
     rows = session.execute(select(Sweep.state, func.count()).group_by(Sweep.state)).all()
     return {state: int(n) for state, n in rows}
@@ -103,6 +121,80 @@ def update_sweep(session: Session, sweep_id: str, **fields: Any) -> Sweep:
     return sweep
 
 
+# -- suites ----------------------------------------------------------------------------------
+
+
+def get_suite(session: Session, suite_id: str) -> Suite:
+    suite = session.get(Suite, suite_id)
+    if suite is None:
+        raise NotFoundError(f"no suite {suite_id!r}", field="suite_id")
+    return suite
+
+
+def find_suite_by_idempotency_key(session: Session, key: str) -> Suite | None:
+    return session.scalars(select(Suite).where(Suite.idempotency_key == key)).first()
+
+
+def suite_idempotency_conflict(other: Suite) -> ConflictError:
+    return ConflictError(
+        f"Idempotency-Key was already used for suite {other.id} with different members",
+        field="Idempotency-Key",
+        suite_id=other.id,
+    )
+
+
+def create_suite(session: Session, suite: Suite, members: Sequence[Sweep]) -> Suite:
+    """Insert `suite` and its member sweeps in one transaction. A concurrent insert with the
+    same idempotency key returns that suite (same members) or raises ConflictError."""
+    session.add(suite)
+    session.add_all(members)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if suite.idempotency_key is None:
+            raise
+        other = find_suite_by_idempotency_key(session, suite.idempotency_key)
+        if other is None:
+            raise
+        if other.spec_hash != suite.spec_hash:
+            raise suite_idempotency_conflict(other) from None
+        return other
+    return suite
+
+
+def suite_members(session: Session, suite_id: str) -> list[Sweep]:
+    return list(session.scalars(select(Sweep).where(Sweep.suite_id == suite_id).order_by(Sweep.member_index)))
+
+
+def list_suites(session: Session, *, limit: int, offset: int) -> tuple[list[Suite], int]:
+    rows = session.scalars(
+        select(Suite).order_by(Suite.created_at.desc(), Suite.id).limit(limit).offset(offset)
+    ).all()
+    return list(rows), int(session.scalar(select(func.count()).select_from(Suite)) or 0)
+
+
+def update_suite(session: Session, suite_id: str, **fields: Any) -> Suite:
+    suite = get_suite(session, suite_id)
+    for k, v in fields.items():
+        setattr(suite, k, v)
+    suite.updated_at = utcnow()
+    session.commit()
+    return suite
+
+
+def unfinalized_suites(session: Session) -> list[str]:
+    """Suites without a stored report whose members have all ended."""
+    open_ids = select(Sweep.suite_id).where(Sweep.suite_id.is_not(None), Sweep.state.in_(ACTIVE_STATES))
+    return list(
+        session.scalars(
+            select(Suite.id)
+            .where(Suite.finalized_at.is_(None), Suite.id.not_in(open_ids))
+            .order_by(Suite.created_at)
+        )
+    )
+
+
 def as_utc(dt: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes for timezone-aware columns: they are UTC."""
     if dt is None or dt.tzinfo is not None:
@@ -114,14 +206,24 @@ def as_utc(dt: datetime | None) -> datetime | None:
 
 __all__ = [
     "active_sweeps",
+    "admission_order",
     "as_utc",
     "count_active",
     "count_by_state",
+    "count_in_states",
+    "create_suite",
     "create_sweep",
     "find_by_idempotency_key",
+    "find_suite_by_idempotency_key",
+    "get_suite",
     "get_sweep",
     "idempotency_conflict",
+    "list_suites",
     "list_sweeps",
+    "suite_idempotency_conflict",
+    "suite_members",
+    "unfinalized_suites",
     "unfinalized_sweeps",
+    "update_suite",
     "update_sweep",
 ]

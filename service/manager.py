@@ -3,11 +3,23 @@ every unfinished sweep with its job (at start and then every `poll_interval_s`).
 
 State machine of a sweep (the ``state`` column)::
 
-    queued --(driver job submitted)--> running --(job SUCCEEDED)--> finished
-       |                                  |-----(job FAILED, trials failed)--> failed
-       |                                  |-----(job lost or crashed)--> running (resubmitted,
-       |                                  |      the driver restores; at most max_job_attempts)
-       +--(cancel)--> cancelled           +-----(cancel: job stopped)--> cancelling --> cancelled
+    queued --(admitted: a driver slot is free)--> running --(job SUCCEEDED)--> finished
+       |                                            |-----(job FAILED, trials failed)--> failed
+       |                                            |-----(job lost or crashed)--> running
+       |                                            |      (resubmitted, the driver restores;
+       |                                            |      at most max_job_attempts)
+       |                                            |-----(only trials other sweeps run are
+       |                                            |      left)--> waiting --(they are done:
+       |                                            |      admitted again)--> running
+       +--(cancel)--> cancelled                     +-----(cancel: job stopped)--> cancelling
+                                                           --> cancelled
+
+The queue: a submitted sweep waits ``queued`` (at most ``max_queued_sweeps`` of them; beyond,
+a 429) and is admitted when fewer than ``max_active_sweeps`` drivers run (``running`` and
+``cancelling`` hold a slot; ``waiting`` does not), highest ``priority`` first, then in
+submission order (`admit`). The queue is the table, so it survives a restart. At admission
+each trial is claimed, adopted from the sweep that finished it, or waited for while another
+sweep runs it (`service.sharing`).
 
 Each pass also writes every active sweep's snapshot into its row (the read model the GETs read:
 `service.snapshot`), refreshes its default results when a trial has finished, and hands ended
@@ -32,16 +44,17 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import crud
+from service import crud, sharing
 from service.core.config import Settings
 from service.core.errors import ConflictError, TooManySweepsError, UnavailableError
-from service.db.models import ACTIVE_STATES, TERMINAL_STATES, Sweep, utcnow
+from service.db.models import ACTIVE_STATES, DRIVER_STATES, TERMINAL_STATES, Suite, Sweep, utcnow
 from service.finalize import Finalizer
 from service.queries import Reads
 from service.ray_jobs import TERMINAL_JOB_STATES, EmbeddedRayHead, RayJobs
-from service.snapshot import empty_counts, plan_of, snapshot_fields
+from service.snapshot import empty_counts, finished_runs_of, plan_of, snapshot_fields, waiting_of
 from service.specs import CheckedSpec
-from workers._files import SPEC_FILE, STATUS_FILE
+from service.suites import TAG_SUITE_ID, Suites
+from workers._files import SHARED_FILE, SPEC_FILE, STATUS_FILE
 from workers.storage import ENDPOINT_ENV, Location, open_location
 
 log = logging.getLogger("service.manager")
@@ -50,6 +63,8 @@ _EXIT_CODE = re.compile(r"exit code (\d+)")
 #: Driver exit codes that are the sweep's own outcome (1: some trial failed; 2: a bad spec), as
 #: opposed to a crash or a kill, after which the driver is resubmitted and restores.
 _FINAL_EXIT_CODES = {1, 2}
+#: The driver's exit code when only trials other sweeps are running are left (`workers.driver`).
+_EXIT_WAITING = 3
 
 
 def read_status(location: Location) -> dict[str, Any] | None:
@@ -73,6 +88,7 @@ class SweepManager:
         self.jobs: RayJobs | None = None
         self.reads = Reads(settings, sessions)
         self.finalizer = Finalizer(sessions, self.reads)
+        self.suites = Suites(sessions, self.reads)
         self.python = settings.driver_python or (sys.executable if settings.embedded else "python")
         self.storage = settings.storage_location()
         self._submit_lock = threading.Lock()
@@ -154,8 +170,11 @@ class SweepManager:
 
     # -- submit ----------------------------------------------------------------------------
 
-    def create(self, checked: CheckedSpec, idempotency_key: str | None) -> tuple[Sweep, bool]:
-        """Persist a new sweep (or return the one its idempotency key names) and submit it.
+    def create(
+        self, checked: CheckedSpec, idempotency_key: str | None, priority: int = 0
+    ) -> tuple[Sweep, bool]:
+        """Persist a new sweep (or return the one its idempotency key names), queued; it starts
+        now if a driver slot is free (`admit`).
 
         Returns:
             (sweep, created)
@@ -167,44 +186,153 @@ class SweepManager:
                     if other.spec_hash != checked.spec_hash:
                         raise crud.idempotency_conflict(other)
                     return other, False
-            if crud.count_active(s) >= self.settings.max_active_sweeps:
-                raise TooManySweepsError(
-                    f"{self.settings.max_active_sweeps} sweeps are queued or running "
-                    "(DAB_MAX_ACTIVE_SWEEPS); wait for one to end or cancel one"
-                )
-            sweep_id = uuid.uuid4().hex[:16]
-            location = self.storage.child(sweep_id)
-            try:  # the driver's input, written before the row that makes it visible
-                location.child(SPEC_FILE).write_json(checked.data)
-            except OSError as e:
-                raise UnavailableError(f"cannot write the sweep to storage {self.storage}: {e}") from e
-            sweep = Sweep(
-                id=sweep_id,
-                name=checked.spec.name,
-                experiment=checked.spec.experiment,
-                state="queued",
-                spec=checked.data,
-                spec_hash=checked.spec_hash,
-                idempotency_key=idempotency_key or None,
-                trial_count=len(checked.trials),
-                cell_count=checked.cells,
-                sweep_dir=location.uri,
-                job_attempts=0,
-                plan=plan_of(checked.trials),
-                counts=empty_counts(len(checked.trials)),
-            )
+            self._check_queue(s, 1)
+            sweep = self._new_sweep(checked, idempotency_key, priority)
             stored = crud.create_sweep(s, sweep)
-            if stored.id != sweep_id:
+            if stored.id != sweep.id:
                 return stored, False
-        if self.jobs is not None:
-            try:
-                with self._sweep_lock(sweep_id):
-                    if self.reads.sweep(sweep_id).ray_job_id is None:  # the reconciler may have
-                        self.submit_driver(sweep_id)
-            except UnavailableError as e:  # stays queued; the reconciler tries again
-                log.warning("sweep %s queued: %s", sweep_id, e)
+            sweep_id = sweep.id
+        self.admit()
         with self.sessions() as s:
             return crud.get_sweep(s, sweep_id), True
+
+    def create_suite(
+        self,
+        name: str,
+        description: str,
+        members: list[tuple[str, CheckedSpec]],
+        spec_hash: str,
+        idempotency_key: str | None,
+        priority: int = 0,
+    ) -> tuple[Suite, bool]:
+        """Persist a suite and its members (queued sweeps) in one transaction, then admit.
+
+        Every member's spec is written to storage first: a storage outage is a 503 and leaves
+        neither a suite nor a sweep (only spec files no row names).
+        """
+        with self._submit_lock, self.sessions() as s:
+            if idempotency_key:
+                other = crud.find_suite_by_idempotency_key(s, idempotency_key)
+                if other is not None:
+                    if other.spec_hash != spec_hash:
+                        raise crud.suite_idempotency_conflict(other)
+                    return other, False
+            self._check_queue(s, len(members))
+            suite_id = uuid.uuid4().hex[:16]
+            now = utcnow()
+            sweeps = []
+            for index, (file, checked) in enumerate(members):
+                sweep = self._new_sweep(checked, None, priority)
+                sweep.suite_id, sweep.member_index, sweep.member_file = suite_id, index, file
+                sweep.created_at = now  # one submission: members start in their listed order
+                sweeps.append(sweep)
+            keys = {t.trial_key for _, c in members for t in c.trials}
+            suite = Suite(
+                id=suite_id,
+                name=name,
+                description=description,
+                spec_hash=spec_hash,
+                idempotency_key=idempotency_key or None,
+                priority=priority,
+                trial_count=sum(len(c.trials) for _, c in members),
+                distinct_trials=len(keys),
+                created_at=now,
+            )
+            stored = crud.create_suite(s, suite, sweeps)
+            if stored.id != suite_id:
+                return stored, False
+        self.admit()
+        with self.sessions() as s:
+            return crud.get_suite(s, suite_id), True
+
+    def _check_queue(self, s: Session, adding: int) -> None:
+        queued = crud.count_in_states(s, ("queued",))
+        limit = self.settings.max_queued_sweeps
+        if queued + adding > limit:
+            raise TooManySweepsError(
+                f"{queued} sweep(s) are queued and this submission adds {adding}; at most {limit} "
+                "may wait (DAB_MAX_QUEUED_SWEEPS): wait for some to start or cancel some"
+            )
+
+    def _new_sweep(self, checked: CheckedSpec, idempotency_key: str | None, priority: int) -> Sweep:
+        sweep_id = uuid.uuid4().hex[:16]
+        location = self.storage.child(sweep_id)
+        try:  # the driver's input, written before the row that makes it visible
+            location.child(SPEC_FILE).write_json(checked.data)
+        except OSError as e:
+            raise UnavailableError(f"cannot write the sweep to storage {self.storage}: {e}") from e
+        return Sweep(
+            id=sweep_id,
+            name=checked.spec.name,
+            experiment=checked.spec.experiment,
+            state="queued",
+            spec=checked.data,
+            spec_hash=checked.spec_hash,
+            idempotency_key=idempotency_key or None,
+            trial_count=len(checked.trials),
+            cell_count=checked.cells,
+            sweep_dir=location.uri,
+            job_attempts=0,
+            priority=priority,
+            wait_rounds=0,
+            plan=plan_of(checked.trials),
+            counts=empty_counts(len(checked.trials)),
+        )
+
+    # -- the queue -------------------------------------------------------------------------
+
+    def admit(self) -> list[str]:
+        """Start queued sweeps (and waiting ones whose trials are done elsewhere) while driver
+        slots are free: highest priority first, then in submission order. Returns their ids."""
+        if self.jobs is None:
+            return []
+        started: list[str] = []
+        with self._submit_lock:
+            with self.sessions() as s:
+                free = self.settings.max_active_sweeps - crud.count_in_states(s, DRIVER_STATES)
+                candidates = [(sw.id, sw.state) for sw in crud.admission_order(s)] if free > 0 else []
+            for sweep_id, state in candidates:
+                if free <= 0:
+                    break
+                with self._sweep_lock(sweep_id):
+                    sweep = self.reads.sweep(sweep_id, "plan", "trials")
+                    if sweep.state != state or (state == "queued" and sweep.ray_job_id):
+                        continue  # changed since the list was read (cancelled, submitted)
+                    if state == "waiting":
+                        with self.sessions() as s:
+                            if not sharing.waits_resolved(s, sweep_id, waiting_of(sweep.trials or {})):
+                                continue
+                    try:
+                        self._prepare(sweep)
+                        self.submit_driver(sweep_id)
+                    except UnavailableError as e:  # stays where it is; the next pass tries again
+                        log.warning("sweep %s not started: %s", sweep_id, e)
+                        break
+                started.append(sweep_id)
+                free -= 1
+        return started
+
+    def _prepare(self, sweep: Sweep) -> None:
+        """Claim the sweep's trials, and tell its driver which to adopt or wait for."""
+        keys = [row[0] for row in self.reads.plan(sweep)]
+        with self.sessions() as s:
+            shares = sharing.plan_shares(s, sweep.id, keys)
+        try:
+            self.location(sweep).child(SHARED_FILE).write_json(shares.to_json())
+        except OSError as e:
+            raise UnavailableError(f"cannot write to storage {self.storage}: {e}") from e
+        if shares.adopt or shares.wait:
+            log.info(
+                "sweep %s: adopts %d trial(s), waits for %d run by other sweeps",
+                sweep.id,
+                len(shares.adopt),
+                len(shares.wait),
+            )
+
+    def finished_elsewhere(self, keys: list[str]) -> int:
+        """How many of `keys` some sweep of this service has FINISHED (a preview's "done")."""
+        with self.sessions() as s:
+            return sharing.finished_count(s, keys)
 
     def location(self, sweep: Sweep) -> Location:
         """The sweep's location in storage (its row names it: a sweep made under an earlier
@@ -217,10 +345,11 @@ class SweepManager:
     def entrypoint(self, sweep: Sweep) -> str:
         q = shlex.quote
         location = self.location(sweep)
+        tags = f" --tag {q(f'{TAG_SUITE_ID}={sweep.suite_id}')}" if sweep.suite_id else ""
         return (
             f"{q(self.python)} -m workers.driver {q(location.child(SPEC_FILE).uri)} "
             f"--sweep-dir {q(location.uri)} --tracking-uri {q(self.settings.tracking_uri)} "
-            f"--sweep-id {q(sweep.id)} --verbose 0"
+            f"--sweep-id {q(sweep.id)} --verbose 0{tags}"
         )
 
     def submit_driver(self, sweep_id: str) -> None:
@@ -245,14 +374,22 @@ class SweepManager:
         )
         with self.sessions() as s:
             sweep = crud.get_sweep(s, sweep_id)
+            waited = sweep.state == "waiting"
+            if attempt == 1:
+                message = None
+            elif waited:
+                message = "the trials it waited for are done; its driver started again"
+            else:
+                message = f"driver resubmitted (attempt {attempt}); it restores"
             crud.update_sweep(
                 s,
                 sweep_id,
                 ray_job_id=job_id,
                 job_attempts=attempt,
-                state="running" if sweep.state == "queued" else sweep.state,
+                wait_rounds=sweep.wait_rounds + (1 if waited else 0),
+                state="running" if sweep.state in ("queued", "waiting") else sweep.state,
                 started_at=sweep.started_at or utcnow(),
-                message=None if attempt == 1 else f"driver resubmitted (attempt {attempt}); it restores",
+                message=message,
             )
         log.info("sweep %s: submitted driver job %s", sweep_id, job_id)
 
@@ -264,16 +401,41 @@ class SweepManager:
             if sweep.state in TERMINAL_STATES:
                 raise ConflictError(f"sweep {sweep_id} is already {sweep.state}", field="state")
             if sweep.state == "queued" and not sweep.ray_job_id:
-                return crud.update_sweep(
-                    s, sweep_id, state="cancelled", finished_at=utcnow(), message="cancelled"
-                )
+                crud.update_sweep(s, sweep_id, state="cancelled", finished_at=utcnow(), message="cancelled")
+                sharing.release(s, sweep_id)
+                return crud.get_sweep(s, sweep_id)
+            waiting = sweep.state == "waiting"  # its driver has exited
             crud.update_sweep(s, sweep_id, state="cancelling", message="cancel requested")
-            job_id = sweep.ray_job_id
+            job_id = None if waiting else sweep.ray_job_id
         if job_id and self.jobs is not None:
             self.jobs.stop(job_id)
-        self.reconcile_one(sweep_id)
+        if waiting:
+            with self._sweep_lock(sweep_id):
+                self._end(self.reads.sweep(sweep_id), "cancelled", "cancelled")
+        else:
+            self.reconcile_one(sweep_id)
         with self.sessions() as s:
             return crud.get_sweep(s, sweep_id)
+
+    def cancel_suite(self, suite_id: str) -> Suite:
+        """Cancel every member not ended yet (queued ones first, so none starts meanwhile)."""
+        with self.sessions() as s:
+            suite = crud.get_suite(s, suite_id)
+            members = crud.suite_members(s, suite_id)
+            if all(m.state in TERMINAL_STATES for m in members):
+                raise ConflictError(
+                    f"suite {suite_id} has ended: every member is finished, failed or cancelled",
+                    field="state",
+                )
+            crud.update_suite(s, suite_id, cancel_requested=True)
+        order = sorted(members, key=lambda m: m.state != "queued")
+        for m in order:
+            try:
+                self.cancel(m.id)
+            except ConflictError:
+                pass  # ended meanwhile
+        with self.sessions() as s:
+            return crud.get_suite(s, suite.id)
 
     # -- reconcile -------------------------------------------------------------------------
 
@@ -292,6 +454,18 @@ class SweepManager:
                 log.exception("sweep %s: reconcile failed", sweep_id)
         for sweep_id in pending:
             self.finalize(sweep_id)
+        try:
+            self.admit()
+        except Exception:
+            log.exception("admitting queued sweeps failed")
+        self.finalize_suites()
+
+    def finalize_suites(self) -> None:
+        """Store the report of every suite whose members have all ended (once)."""
+        with self.sessions() as s:
+            ids = crud.unfinalized_suites(s)
+        for suite_id in ids:
+            self.suites.finalize(suite_id)
 
     def reconcile_one(self, sweep_id: str) -> None:
         with self._sweep_lock(sweep_id):
@@ -307,12 +481,8 @@ class SweepManager:
             return
         status = read_status(self.location(sweep))
         self._record_snapshot(sweep, status)
-        if self.jobs is None:
-            return
-        if sweep.ray_job_id is None:
-            if sweep.state == "queued":
-                self.submit_driver(sweep_id)
-            return
+        if self.jobs is None or sweep.state in ("queued", "waiting") or sweep.ray_job_id is None:
+            return  # `admit` starts them
         job = self.jobs.status(sweep.ray_job_id)
         if job in ("PENDING", "RUNNING"):
             return
@@ -332,6 +502,17 @@ class SweepManager:
             info = self.jobs.info(sweep.ray_job_id)
             m = _EXIT_CODE.search(str(getattr(info, "message", "") or ""))
             code = int(m.group(1)) if m else None
+        if code == _EXIT_WAITING and status is not None and status.get("state") == "waiting":
+            waits = waiting_of(status.get("trials") or {})
+            owners = sorted(set(waits.values()))
+            with self.sessions() as s:
+                crud.update_sweep(
+                    s,
+                    sweep_id,
+                    state="waiting",
+                    message=f"waiting for {len(waits)} trial(s) that sweep(s) {', '.join(owners)} run",
+                )
+            return
         if code in _FINAL_EXIT_CODES and status is not None and status.get("state") in ("failed", "finished"):
             counts = status.get("counts", {})
             self._end(sweep, "failed", f"{counts.get('failed', 0)} trial(s) failed")
@@ -339,11 +520,12 @@ class SweepManager:
         if code == 2:
             self._end(sweep, "failed", self._job_tail(sweep.ray_job_id))
             return
-        if sweep.job_attempts >= self.settings.max_job_attempts:
+        if sweep.job_attempts - sweep.wait_rounds >= self.settings.max_job_attempts:
             self._end(
                 sweep,
                 "failed",
-                f"the driver job ended {job or 'lost'} {sweep.job_attempts} times: {self._job_tail(sweep.ray_job_id)}",
+                f"the driver job ended {job or 'lost'} {sweep.job_attempts - sweep.wait_rounds} times: "
+                f"{self._job_tail(sweep.ray_job_id)}",
             )
             return
         log.warning(
@@ -393,6 +575,11 @@ class SweepManager:
         if changed or sweep.snapshot_at is None:
             with self.sessions() as s:
                 crud.update_sweep(s, sweep.id, snapshot_at=now, **changed)
+        if "trials" in changed:  # a trial this sweep finished is now every later sweep's to adopt
+            done = finished_runs_of(changed["trials"])
+            if done:
+                with self.sessions() as s:
+                    sharing.record_finished(s, sweep.id, done)
 
     def _find_ids(self, sweep_id: str) -> tuple[str | None, str | None]:
         """The sweep's MLflow experiment and parent run, derived from its id (None: not yet)."""
@@ -412,6 +599,7 @@ class SweepManager:
             self.finalizer.end_running_runs(sweep)
         with self.sessions() as s:
             crud.update_sweep(s, sweep.id, state=state, message=message, finished_at=utcnow(), eta_s=None)
+            sharing.release(s, sweep.id)  # a sweep waiting for one of its trials may run it now
         log.info("sweep %s: %s%s", sweep.id, state, f" ({message})" if message else "")
         self.finalize(sweep.id)
 

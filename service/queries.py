@@ -75,6 +75,8 @@ def _public_fields(sweep: Sweep) -> dict[str, Any]:
         "finished_at": crud.as_utc(sweep.finished_at),
         "message": sweep.message,
         "counts": sweep.counts,
+        "priority": sweep.priority or 0,
+        "suite_id": sweep.suite_id,
     }
 
 
@@ -121,6 +123,7 @@ class Reads:
     _expansions: LRUCache[Any, tuple[SweepSpec, list[Trial]]] = field(default_factory=lambda: LRUCache(64))
     _specs: LRUCache[str, dict[str, Any]] = field(default_factory=lambda: LRUCache(1024))
     _live: TTLCache[Any, Any] = field(default_factory=lambda: TTLCache(maxsize=512, ttl=LIVE_TTL_S))
+    _adopted: LRUCache[str, Any] = field(default_factory=lambda: LRUCache(10_000))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _local: threading.local = field(default_factory=threading.local)
     _done: threading.Condition = field(init=False)
@@ -239,7 +242,8 @@ class Reads:
         )()
 
     def runs(self, sweep: Sweep, fresh: bool = False, experiment_id: str | None = None) -> dict[str, Any]:
-        """trial_key -> its MLflow run (`service.results.TrialRun`); `fresh`: bypass the TTL."""
+        """trial_key -> its MLflow run (`service.results.TrialRun`): the sweep's own, and the
+        FINISHED runs of other sweeps it adopted (`service.sharing`); `fresh`: bypass the TTL."""
         exp_id = experiment_id or sweep.mlflow_experiment_id
         if not exp_id:
             return {}
@@ -247,11 +251,50 @@ class Reads:
 
         def compute() -> dict[str, Any]:
             self.mlflow_queries += 1
-            return trial_runs(self.mlflow(), str(exp_id), sweep.id)
+            own = trial_runs(self.mlflow(), str(exp_id), sweep.id)
+            return {**self.adopted_runs(sweep, own), **own}
 
         if fresh:
             return compute()
         return self.live(("runs", sweep.id, sweep.state), compute)  # type: ignore[no-any-return]
+
+    def adopted_runs(self, sweep: Sweep, own: dict[str, Any]) -> dict[str, Any]:
+        """trial_key -> the other sweep's run, for the trials this sweep adopted (its snapshot
+        says which) and has no run of its own for. A FINISHED run never changes: each is read
+        from MLflow once (`_adopted` LRU)."""
+        from service.results import TrialRun
+
+        trials = getattr(sweep, "trials", None)
+        if trials is None:
+            trials = self.sweep(sweep.id, "trials").trials
+        out: dict[str, Any] = {}
+        for key, t in (trials or {}).items():
+            if t.get("state") != "adopted" or not t.get("run_id") or key in own:
+                continue
+            run_id = str(t["run_id"])
+            with self._lock:
+                hit = self._adopted.get(run_id)
+            if hit is None:
+                self.mlflow_queries += 1
+                r = self.mlflow().get_run(run_id)
+                tags = r.data.tags
+                seed = tags.get("dab.seed")
+                hit = TrialRun(
+                    run_id=run_id,
+                    trial_key=key,
+                    cell_key=tags.get("dab.cell_key", ""),
+                    seed=int(seed) if seed and seed.lstrip("-").isdigit() else None,
+                    status=r.info.status,
+                    metrics=dict(r.data.metrics),
+                    start_time=r.info.start_time,
+                    end_time=r.info.end_time,
+                    adopted_from=t.get("adopted_from"),
+                )
+                if hit.status == "FINISHED":
+                    with self._lock:
+                        self._adopted[run_id] = hit
+            out[key] = hit
+        return out
 
     def trials(self, sweep_id: str, states: Sequence[str] | None, limit: int, offset: int) -> TrialsPublic:
         sweep = self.sweep(sweep_id, "plan", "trials")
@@ -287,6 +330,7 @@ class Reads:
                     nodes=list(s.get("nodes") or []),
                     device=(s.get("placement") or {}).get("device") or None,
                     note=(s.get("placement") or {}).get("device_note") or None,
+                    adopted_from=s.get("adopted_from"),
                 )
             )
         return TrialsPublic(data=out[offset : offset + limit], count=len(out))

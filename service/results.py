@@ -50,6 +50,7 @@ class TrialRun:
     metrics: dict[str, float]
     start_time: int | None
     end_time: int | None
+    adopted_from: str | None = None  # the sweep whose run this is, when this sweep adopted it
 
 
 def trial_runs(client: Any, experiment_id: str, sweep_id: str) -> dict[str, TrialRun]:
@@ -187,8 +188,9 @@ def compute_results(
 
     Returns:
         ``{"metrics", "agg" (the given agg or None), "metric_info": {name: {mode, unit,
-        display, agg}}, "reference_cell", "cells": [{cell_key, cell, expected, metrics: {name:
-        {n, mean, std, min, max, values, seeds, paper, p_value}}}], "significance"}``.
+        display, agg}}, "reference_cell", "cells": [{cell_key, cell, expected, adopted: {seed:
+        sweep id whose run it adopted}, metrics: {name: {n, mean, std, min, max, values, seeds,
+        paper, p_value}}}], "significance"}``.
     """
     decl = declarations(spec, metrics, agg)
     cells: dict[str, dict[str, Any]] = {}
@@ -197,6 +199,11 @@ def compute_results(
             t.cell_key, {"cell_key": t.cell_key, "cell": t.cell, "config": t.config, "expected": 0}
         )
         c["expected"] += 1
+    adopted: dict[str, dict[str, str]] = {}  # cell -> {seed: the sweep whose run it adopted}
+    for t in trials:
+        run = runs.get(t.trial_key)
+        if run is not None and run.adopted_from and run.status == "FINISHED":
+            adopted.setdefault(t.cell_key, {})[str(t.seed)] = run.adopted_from
     per_metric: dict[str, list[CellSummary]] = {}
     for name, metric in decl.items():
         rows = []
@@ -207,7 +214,13 @@ def compute_results(
     ref = reference if reference is not None else next(iter(cells), None)
     out_cells = []
     for key, c in cells.items():
-        entry: dict[str, Any] = {"cell_key": key, "cell": c["cell"], "expected": c["expected"], "metrics": {}}
+        entry: dict[str, Any] = {
+            "cell_key": key,
+            "cell": c["cell"],
+            "expected": c["expected"],
+            "adopted": adopted.get(key, {}),
+            "metrics": {},
+        }
         for name, summaries in per_metric.items():
             summary = next(s for s in summaries if s.cell_key == key)
             ref_summary = next((s for s in summaries if s.cell_key == ref), None)
@@ -330,8 +343,11 @@ def to_markdown(results: Mapping[str, Any]) -> str:
                 if m["paper"]["std"] is not None:
                     paper += f" ± {m['paper']['std'] * scale:g}"
             p = "" if m["p_value"] is None else f"{m['p_value']:.3g}"
+            n = f"{m['n']}/{c['expected']}"
+            if c.get("adopted"):
+                n += f" ({len(c['adopted'])} adopted)"
             lines.append(
-                f"| {c['cell_key'] or '(params only)'} | {value} | {m['n']}/{c['expected']} | {lo} | {hi} | {paper} | {p} |"
+                f"| {c['cell_key'] or '(params only)'} | {value} | {n} | {lo} | {hi} | {paper} | {p} |"
             )
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"

@@ -11,12 +11,12 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from workers._status import STATES
+from workers._status import DONE_STATES, STATES
 
 #: Trial states that count as done for progress.
-_DONE = ("finished", "skipped", "failed")
+_DONE = (*DONE_STATES, "failed")
 #: The per-trial fields the row keeps (the status file has more: pids, start history).
-_TRIAL_FIELDS = ("state", "attempts", "last_step", "run_id", "error", "placement", "nodes")
+_TRIAL_FIELDS = ("state", "attempts", "last_step", "run_id", "error", "placement", "nodes", "adopted_from")
 
 PlanRow = list[Any]  # [trial_key, index, cell_key, seed, steps]
 
@@ -32,7 +32,7 @@ def empty_counts(total: int) -> dict[str, int]:
 
 
 def progress_of(plan: Sequence[PlanRow], trials: Mapping[str, Mapping[str, Any]]) -> float:
-    """0..1: trials done (finished, skipped or failed) plus the fraction of steps of the others."""
+    """0..1: trials done (finished, skipped, adopted or failed) plus the fraction of steps of the others."""
     if not plan:
         return 0.0
     done = 0.0
@@ -91,4 +91,28 @@ def snapshot_fields(
     }
 
 
-__all__ = ["empty_counts", "eta_of", "last_error_of", "plan_of", "progress_of", "snapshot_fields"]
+def finished_runs_of(trials: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """trial_key -> run id of the trials this sweep finished itself (not the adopted ones):
+    what `service.sharing.record_finished` records as this sweep's."""
+    return {
+        key: str(t["run_id"])
+        for key, t in trials.items()
+        if t.get("state") in ("finished", "skipped") and t.get("run_id")
+    }
+
+
+def waiting_of(trials: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """trial_key -> the sweep it waits for, of the trials another sweep is running."""
+    return {key: str(t.get("adopted_from") or "") for key, t in trials.items() if t.get("state") == "waiting"}
+
+
+__all__ = [
+    "empty_counts",
+    "eta_of",
+    "finished_runs_of",
+    "last_error_of",
+    "plan_of",
+    "progress_of",
+    "snapshot_fields",
+    "waiting_of",
+]

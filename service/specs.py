@@ -10,7 +10,17 @@ from typing import Any
 
 from service.core.config import Settings
 from service.core.errors import InvalidSpecError, UnsupportedMediaError
-from workers.spec import SpecError, SweepSpec, Trial, canonical_json, count_trials, expand, parse_spec
+from workers.spec import (
+    SpecError,
+    SweepSpec,
+    SweepSuite,
+    Trial,
+    canonical_json,
+    count_trials,
+    expand,
+    parse_spec,
+    parse_suite,
+)
 
 JSON_TYPES = ("application/json",)
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain")
@@ -42,6 +52,52 @@ class CheckedSpec:
     @property
     def cells(self) -> int:
         return len({t.cell_key for t in self.trials})
+
+
+@dataclass(frozen=True)
+class CheckedSuite:
+    suite: SweepSuite  # its members are the checked specs', in order
+    members: list[tuple[str, CheckedSpec]]  # (file as listed, the member checked)
+    spec_hash: str  # of the members' files and validated specs: the idempotency comparison
+
+    @property
+    def trial_count(self) -> int:
+        return sum(len(c.trials) for _, c in self.members)
+
+    @property
+    def trial_keys(self) -> list[str]:
+        """The distinct trial keys over every member, in first-seen order."""
+        return list(dict.fromkeys(t.trial_key for _, c in self.members for t in c.trials))
+
+
+def check_suite(
+    body: bytes | str | Mapping[str, Any], content_type: str | None, settings: Settings
+) -> CheckedSuite:
+    """Parse a suite with inline members (`workers.spec.parse_suite`), then check each member
+    as a sweep (`check_spec`); an error names the member: ``members[2].spec.grid.bpp``."""
+    kind = media_type(content_type) if not isinstance(body, Mapping) else None
+    try:
+        suite = parse_suite(body, source="<request body>", content_type=kind)
+    except SpecError as e:
+        raise InvalidSpecError.from_spec_error(e) from None
+    members = []
+    for i, (file, spec) in enumerate(suite.specs):
+        try:
+            checked = check_spec(spec.model_dump(mode="json"), None, settings)
+        except InvalidSpecError as e:
+            prefix = f"members[{i}].spec"
+            e.field = (
+                f"{prefix}.{e.field}"
+                if e.field and not e.field.startswith("[")
+                else f"{prefix}{e.field or ''}"
+            )
+            e.message = f"member {i} ({file}): {e.message}"
+            raise
+        members.append((file, checked))
+    digest = hashlib.sha256(
+        canonical_json({"name": suite.name, "members": [[f, c.spec_hash] for f, c in members]}).encode()
+    ).hexdigest()
+    return CheckedSuite(suite, members, digest)
 
 
 def check_spec(
@@ -108,4 +164,4 @@ def check_data_roots(data: Mapping[str, Any], allowed: list[Path]) -> None:
             )
 
 
-__all__ = ["CheckedSpec", "check_data_roots", "check_spec", "media_type"]
+__all__ = ["CheckedSpec", "CheckedSuite", "check_data_roots", "check_spec", "check_suite", "media_type"]

@@ -6,6 +6,9 @@ Private: `workers.driver`, `workers._status` and the service use it. A sweep's l
     <sweep location>/
         spec.json       the spec the service submitted (the driver's input; absent when the
                         driver is run by hand on a spec file)
+        shared.json     (written by the service at each admission) trials of this sweep that
+                        another sweep ran or runs: {"adopt": {key: {run_id, sweep_id}},
+                        "wait": {key: sweep_id}} (`service.sharing`); absent: run every trial
         status.json     machine-readable progress (trial_key -> state, attempts, last step,
                         run id), replaced whole as trials progress; the service reads it
         tune/           Ray Tune's storage_path: one Tune experiment per set of trials to run,
@@ -34,6 +37,7 @@ from workers.storage import Location
 
 SPEC_FILE = "spec.json"
 STATUS_FILE = "status.json"
+SHARED_FILE = "shared.json"
 LOCK_FILE = "driver.lock"
 TUNE_DIR = "tune"
 TUNE_TRIALS_FILE = "dab_trials.json"

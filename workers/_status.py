@@ -5,14 +5,15 @@ Private: written by the driver and its Tune callback, read by the service. It is
 once a second for progress, so a reader always sees a whole file. Shape::
 
     {"version": 1, "sweep_id": ..., "name": ..., "state": "running" | "finished" | "failed"
-     | "interrupted", "driver_pid": ..., "started_at": ..., "updated_at": ..., "finished_at": ...,
+     | "interrupted" | "waiting", "driver_pid": ..., "started_at": ..., "updated_at": ..., "finished_at": ...,
      "tracking_uri": ..., "tune_experiment": ..., "resources": ...,
      "counts": {"total", "skipped", "pending", "running", "retrying", "finished", "failed",
-                "killed"},
+                "killed", "adopted", "waiting"},
      "trials": {trial_key: {"index", "cell_key", "replicate", "seed", "state", "attempts",
                             "last_step", "run_id", "pid", "error", "starts": [{"attempt",
                             "from_step"}], "placement": {"node", "gpu_ids",
-                            "cuda_visible_devices", "device", "device_note"}, "nodes"}},
+                            "cuda_visible_devices", "device", "device_note"}, "nodes",
+                            "adopted_from"}},
      "skipped": [{"trial_key", "reason", "run_id"}],
      "notes": [...], "tracking_errors": [...]}
 
@@ -21,7 +22,10 @@ It holds no MLflow experiment or parent run id: a reader finds them from the swe
 
 Trial states: ``pending`` (not started by this driver yet), ``running``, ``retrying`` (its
 worker failed; Tune restarts it from its last checkpoint), ``finished``, ``failed`` (out of
-retries), ``killed`` (the driver stopped first), ``skipped`` (already FINISHED in MLflow).
+retries), ``killed`` (the driver stopped first), ``skipped`` (already FINISHED in MLflow),
+``adopted`` (another sweep of the service ran it: ``run_id`` is that sweep's run,
+``adopted_from`` its id), ``waiting`` (another sweep is running it: ``adopted_from`` names it;
+the driver ends ``waiting`` and the service starts it again when that sweep is done).
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ from typing import Any
 from workers._files import STATUS_FILE
 from workers.storage import Location
 
-STATES = ("pending", "running", "retrying", "finished", "failed", "killed", "skipped")
+STATES = ("pending", "running", "retrying", "finished", "failed", "killed", "skipped", "adopted", "waiting")
+#: States in which a trial has its FINISHED run: its own, or one it adopted.
+DONE_STATES = ("finished", "skipped", "adopted")
 
 
 def _now() -> str:
@@ -96,6 +102,7 @@ class SweepStatus:
                     "starts": list(before.get("starts", [])),
                     "placement": before.get("placement"),
                     "nodes": list(before.get("nodes", [])),
+                    "adopted_from": None,
                 }
             self._touch(True)
 
@@ -103,6 +110,18 @@ class SweepStatus:
         with self._lock:
             self.data["trials"][key]["state"] = "skipped"
             self.data["skipped"].append({"trial_key": key, "reason": reason, "run_id": run_id})
+            self._touch(True)
+
+    def adopt(self, key: str, run_id: str, from_sweep: str) -> None:
+        with self._lock:
+            t = self.data["trials"][key]
+            t.update(state="adopted", run_id=run_id, adopted_from=from_sweep, error=None)
+            self._touch(True)
+
+    def wait(self, key: str, owner: str) -> None:
+        with self._lock:
+            t = self.data["trials"][key]
+            t.update(state="waiting", adopted_from=owner)
             self._touch(True)
 
     def set(self, **fields: Any) -> None:
@@ -219,4 +238,4 @@ class SweepStatus:
             self._last_write = time.monotonic()
 
 
-__all__ = ["STATES", "SweepStatus"]
+__all__ = ["DONE_STATES", "STATES", "SweepStatus"]

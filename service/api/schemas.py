@@ -7,8 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-SweepState = Literal["queued", "running", "cancelling", "finished", "failed", "cancelled"]
-TrialState = Literal["pending", "running", "retrying", "finished", "failed", "killed", "skipped"]
+SweepState = Literal["queued", "running", "waiting", "cancelling", "finished", "failed", "cancelled"]
+TrialState = Literal[
+    "pending", "running", "retrying", "finished", "failed", "killed", "skipped", "adopted", "waiting"
+]
 
 
 class Links(BaseModel):
@@ -33,6 +35,10 @@ class SweepPublic(BaseModel):
     finished_at: datetime | None = None
     message: str | None = None
     counts: dict[str, int] | None = Field(None, description="trials by state (from the driver's status)")
+    priority: int = Field(
+        0, description="queued sweeps start highest priority first, then in submission order"
+    )
+    suite_id: str | None = Field(None, description="the suite this sweep is a member of")
 
 
 class SweepsPublic(BaseModel):
@@ -76,6 +82,9 @@ class TrialPublic(BaseModel):
     )
     device: str | None = Field(None, description="what it trains on: cpu or cuda")
     note: str | None = Field(None, description="e.g. a GPU was asked for but the node has no CUDA")
+    adopted_from: str | None = Field(
+        None, description="adopted: the sweep whose run this is; waiting: the sweep running it"
+    )
 
 
 class TrialsPublic(BaseModel):
@@ -113,6 +122,9 @@ class CellResult(BaseModel):
     cell_key: str
     cell: dict[str, Any]
     expected: int = Field(description="trials of the cell (its seeds)")
+    adopted: dict[str, str] = Field(
+        default_factory=dict, description="seed -> the sweep whose FINISHED run this cell adopted"
+    )
     metrics: dict[str, MetricStats]
 
 
@@ -139,6 +151,62 @@ class ReportPublic(BaseModel):
     markdown: str
     figures: list[FigureLink]
     artifact_path: str | None = Field(None, description="where the report is logged on the parent run")
+
+
+SuiteState = Literal["queued", "running", "cancelling", "finished", "failed", "cancelled"]
+
+
+class SuiteMemberPublic(BaseModel):
+    file: str = Field(description="the member's spec file, as the suite lists it")
+    sweep_id: str
+    name: str
+    state: SweepState
+    trial_count: int
+    progress: float
+    counts: dict[str, int] | None = None
+    message: str | None = None
+
+
+class SuiteLinks(BaseModel):
+    self: str
+    report: str
+    cancel: str
+    sweeps: list[str]
+    mlflow_runs_filter: str = Field(description="an MLflow search filter that finds the suite's runs")
+
+
+class SuitePublic(BaseModel):
+    id: str
+    name: str
+    description: str
+    state: SuiteState = Field(
+        description="from its members: running while any is active and one has started, "
+        "finished when all finished, else failed or cancelled once all have ended"
+    )
+    priority: int
+    trial_count: int = Field(description="over the members; a trial two members share counts in each")
+    distinct_trials: int = Field(description="what runs at most: each shared trial once")
+    progress: float = Field(description="0..1, over the members' trials")
+    counts: dict[str, int] = Field(description="trials by state, summed over the members")
+    created_at: datetime
+    finished_at: datetime | None = None
+    mlflow_run_id: str | None = Field(None, description="the suite-level run its report is logged to")
+    members: list[SuiteMemberPublic]
+    links: SuiteLinks
+
+
+class SuitesPublic(BaseModel):
+    data: list[SuitePublic]
+    count: int
+
+
+class SuiteReportPublic(BaseModel):
+    suite_id: str
+    state: SuiteState
+    markdown: str
+    figures: list[FigureLink]
+    data: dict[str, Any] = Field(description="every table and figure's cells: n, expected, mean, std, paper")
+    artifact_path: str | None = None
 
 
 class Health(BaseModel):

@@ -74,7 +74,12 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(default=MAX_SPEC_BYTES + 4096, ge=1024, description="largest request body")
     max_trials_per_sweep: int = Field(default=1000, ge=1, le=MAX_TRIALS)
-    max_active_sweeps: int = Field(default=4, ge=1, description="sweeps queued or running at once")
+    max_active_sweeps: int = Field(
+        default=4, ge=1, description="sweep drivers running at once; more sweeps wait queued"
+    )
+    max_queued_sweeps: int = Field(
+        default=200, ge=1, description="sweeps that may wait queued; a submission beyond is a 429"
+    )
     max_job_attempts: int = Field(default=3, ge=1, description="driver submissions per sweep after crashes")
     poll_interval_s: float = Field(default=2.0, gt=0, description="how often running sweeps are reconciled")
     ray_num_cpus: int | None = Field(

@@ -10,7 +10,7 @@
     ├── NotFoundError         404  no such sweep (or report figure)
     ├── ConflictError         409  an Idempotency-Key reused with another body; a state change
     │                              that the sweep's state does not allow
-    ├── TooManySweepsError    429  DAB_MAX_ACTIVE_SWEEPS sweeps are queued or running
+    ├── TooManySweepsError    429  DAB_MAX_QUEUED_SWEEPS sweeps are queued already
     └── UnavailableError      503  Ray or MLflow cannot be reached
 
 Every error body is JSON: ``{"error": code, "message": text, "field": path or null, ...}``.

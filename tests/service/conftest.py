@@ -38,8 +38,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
     engine = create_engine(url)
     with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS sweeps"))
-        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+        for table in ("sweeps", "suites", "trial_owners", "alembic_version"):
+            conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
     engine.dispose()
 
 

@@ -123,13 +123,13 @@ def test_other_bad_requests(api: Api) -> None:
 
 
 def test_limits_from_settings(serve: Any) -> None:
-    api = serve(max_trials_per_sweep=3, max_active_sweeps=1)
+    api = serve(max_trials_per_sweep=3, max_queued_sweeps=1)
     r = api.submit()  # 4 trials
     assert r.status_code == 422 and "DAB_MAX_TRIALS_PER_SWEEP" in r.json()["message"]
     assert r.json()["field"] == "grid"
     assert api.submit(json.dumps(_spec(replicates=1)), "application/json").status_code == 202
-    r = api.submit(json.dumps(_spec(replicates=[5])), "application/json")
-    assert r.status_code == 429 and "DAB_MAX_ACTIVE_SWEEPS" in r.json()["message"]
+    r = api.submit(json.dumps(_spec(replicates=[5])), "application/json")  # the queue is full
+    assert r.status_code == 429 and "DAB_MAX_QUEUED_SWEEPS" in r.json()["message"]
 
 
 def test_bearer_token(serve: Any) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.s3 import S3Server, s3_server
-from workers._files import SPEC_FILE, STATUS_FILE
+from workers._files import SHARED_FILE, SPEC_FILE, STATUS_FILE
 from workers.tracking import (
     ROLE_SWEEP,
     ROLE_TRIAL,
@@ -291,7 +291,8 @@ def test_a_sweep_on_object_storage_is_read_from_there(serve: Any, tmp_path: Path
         manager.reconcile_all()
         location = f"s3://{server.bucket}/sweeps/{sweep_id}"
         assert manager.reads.sweep(sweep_id).sweep_dir == location
-        assert server.keys() == [f"sweeps/{sweep_id}/{SPEC_FILE}"]
+        # the spec, and what the admission told the driver to adopt or wait for (nothing)
+        assert server.keys() == [f"sweeps/{sweep_id}/{SHARED_FILE}", f"sweeps/{sweep_id}/{SPEC_FILE}"]
         spec = manager.location(manager.reads.sweep(sweep_id)).child(SPEC_FILE).read_json()
         assert spec["name"] == "tiny"
         [entrypoint] = jobs.entrypoints

@@ -50,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
         help="root URI of the sweep's MLflow artifacts (env DAB_MLFLOW_ARTIFACT_ROOT); default: beside a "
         "sqlite store, or the tracking server's",
     )
+    p.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an MLflow tag for the parent and every trial run (repeatable); the service tags a "
+        "suite's runs with dab.suite_id",
+    )
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs of a local Ray this driver starts")
     p.add_argument("--checkpoints-to-keep", type=int, default=DEFAULT_CHECKPOINTS_TO_KEEP)
     p.add_argument(
@@ -100,6 +108,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SpecError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    tags = {}
+    for item in args.tag:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            print(f"error: --tag {item!r}: expected KEY=VALUE", file=sys.stderr)
+            return EXIT_USAGE
+        tags[key.strip()] = value
     if args.sweep_id is None:
         # Standalone use: the id is derived, so running this again on DIR continues the sweep.
         name = args.sweep_dir.rstrip("/").rsplit("/", 1)[-1]
@@ -117,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             checkpoints_to_keep=args.checkpoints_to_keep,
             verbose=args.verbose,
             prune_checkpoints=not args.keep_tune_checkpoints,
+            extra_tags=tags,
         )
     except SweepDirError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -125,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     print(
         f"sweep {outcome.sweep_id}: {outcome.state}; ran {len(outcome.ran)}, skipped {len(outcome.skipped)}, "
-        f"finished {len(outcome.finished)}, failed {len(outcome.failed)}, killed {len(outcome.killed)} "
+        f"adopted {len(outcome.adopted)}, waiting {len(outcome.waiting)}, finished {len(outcome.finished)}, failed {len(outcome.failed)}, killed {len(outcome.killed)} "
         f"({outcome.seconds:.1f} s)",
         flush=True,
     )

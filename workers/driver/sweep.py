@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from workers._files import STATUS_FILE, TUNE_DIR, sweep_lock
+from workers._files import SHARED_FILE, STATUS_FILE, TUNE_DIR, sweep_lock
 from workers.driver.signals import Live, SignalState, stop_on_signals
 from workers.driver.tuner import (
     DEFAULT_CHECKPOINTS_TO_KEEP,
@@ -24,8 +24,12 @@ from workers.storage import Location, open_location
 
 log = logging.getLogger("workers.driver")
 
-EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_WAITING = 0, 1, 2, 3
 _SKIP_REASON = "already has a FINISHED MLflow run"
+TAG_ADOPTED = "dab.adopted"
+TAG_ADOPTED_COUNT = "dab.adopted_count"
+TAG_ADOPTED_BY = "dab.adopted_by"
+TAG_WAITING_COUNT = "dab.waiting_count"
 
 
 @dataclass
@@ -33,11 +37,13 @@ class SweepOutcome:
     """What a driver run did. `exit_code` is 0 only when every trial of the spec is FINISHED."""
 
     sweep_id: str
-    state: str  # finished | failed | interrupted
+    state: str  # finished | failed | interrupted | waiting
     experiment_id: str
     parent_run_id: str
     ran: list[str] = field(default_factory=list)  # trial keys handed to Tune
     skipped: list[str] = field(default_factory=list)
+    adopted: list[str] = field(default_factory=list)  # runs of other sweeps, recorded as ours
+    waiting: list[str] = field(default_factory=list)  # other sweeps run them; the service restarts us
     finished: list[str] = field(default_factory=list)  # finished by this run
     failed: list[str] = field(default_factory=list)
     killed: list[str] = field(default_factory=list)
@@ -54,6 +60,8 @@ class SweepOutcome:
             return EXIT_OK
         if self.signal is not None:
             return 128 + self.signal
+        if self.state == "waiting":
+            return EXIT_WAITING
         return EXIT_INCOMPLETE
 
 
@@ -108,6 +116,64 @@ def parent_tags(spec: Any, trials: Sequence[Any], sweep_id: str) -> dict[str, st
     return tags
 
 
+def read_shared(location: Location) -> dict[str, Any]:
+    """The service's word on trials other sweeps ran or run (``shared.json``, `service.sharing`):
+    ``{"adopt": {key: {"run_id", "sweep_id"}}, "wait": {key: sweep_id}}``; empty without it."""
+    data = location.child(SHARED_FILE).read_json()
+    data = data if isinstance(data, dict) else {}
+    adopt = data.get("adopt") if isinstance(data.get("adopt"), dict) else {}
+    wait = data.get("wait") if isinstance(data.get("wait"), dict) else {}
+    return {
+        "adopt": {
+            k: v for k, v in adopt.items() if isinstance(v, dict) and v.get("run_id") and v.get("sweep_id")
+        },
+        "wait": {k: str(v) for k, v in wait.items() if v},
+    }
+
+
+def _adoptable(client: Any, run_id: str) -> bool:
+    """The run to adopt is still there and FINISHED (else this sweep runs the trial itself)."""
+    from workers.tracking import FINISHED
+
+    try:
+        run = client.get_run(run_id)
+    except Exception as e:
+        log.warning("run %s to adopt not found (%s); running the trial instead", run_id, e)
+        return False
+    return bool(run.info.status == FINISHED and run.info.lifecycle_stage == "active")
+
+
+def _tag_adoptions(
+    client: Any, parent_id: str, sweep_id: str, adopted: Mapping[str, str], waiting: int
+) -> None:
+    """Say on the parent run which trials were adopted, and on each adopted run which sweeps
+    adopted it (its ``dab.adopted_by``): the MLflow UI shows the link both ways."""
+    from workers.tracking import set_run_tags, truncate
+
+    set_run_tags(
+        client,
+        parent_id,
+        {
+            TAG_ADOPTED_COUNT: str(len(adopted)),
+            TAG_ADOPTED: truncate(",".join(f"{k}={r}" for k, r in sorted(adopted.items())), 8000)[0],
+            TAG_WAITING_COUNT: str(waiting),
+        },
+    )
+    for run_id in sorted(set(adopted.values())):
+        try:
+            before = client.get_run(run_id).data.tags.get(TAG_ADOPTED_BY, "")
+            ids = [x for x in before.split(",") if x]
+            if sweep_id not in ids:
+                client.set_tag(run_id, TAG_ADOPTED_BY, truncate(",".join([*ids, sweep_id]), 8000)[0])
+        except Exception as e:  # a tag is a courtesy: the adoption itself is in the status
+            log.warning("could not tag adopted run %s: %s", run_id, e)
+
+
+def _with_tags(run_spec: Any, tags: Mapping[str, str]) -> Any:
+    run_spec.tags.update(tags)
+    return run_spec
+
+
 def _requested_resources(spec: Any) -> dict[str, float | None]:
     res = spec.resources
     memory_gb = getattr(res, "memory_gb", None)
@@ -132,6 +198,7 @@ def run_sweep(
     verbose: int = 0,
     linger_s: float = 0.25,
     prune_checkpoints: bool = True,
+    extra_tags: Mapping[str, str] | None = None,
 ) -> SweepOutcome:
     """Run `trials` (the expansion of `spec`) as one sweep; see the module docstring.
 
@@ -148,6 +215,8 @@ def run_sweep(
         checkpoints_to_keep: Tune's ``CheckpointConfig(num_to_keep)`` per running trial.
         prune_checkpoints: delete a finished trial's checkpoints from Tune's storage once its
             final checkpoint is an MLflow artifact.
+        extra_tags: MLflow tags for the parent run and every trial run (the service's
+            ``dab.suite_id`` for a suite's members).
     """
     from workers._status import SweepStatus
     from workers.tracking import (
@@ -176,7 +245,8 @@ def run_sweep(
         tracker = SweepTracker(tracking_uri, sid, artifact_root)
         # The ids are MLflow's: found by the sweep id (or created) here, never kept in a file.
         experiment_id = tracker.ensure_experiment()
-        parent_id = tracker.ensure_parent(parent_tags(spec, trials, sid), run_name=spec.name)
+        extra = dict(extra_tags or {})
+        parent_id = tracker.ensure_parent({**parent_tags(spec, trials, sid), **extra}, run_name=spec.name)
         runs = tracker.child_runs()
         tracker.end_interrupted(runs)
 
@@ -190,17 +260,29 @@ def run_sweep(
             },
         )
         status.add_trials(trials, runs)
+        shared = read_shared(location)
         pending = []
         skipped = []
+        adopted: dict[str, str] = {}
+        waiting: list[str] = []
         for trial in trials:
-            run = runs.get(trial.trial_key)
+            key = trial.trial_key
+            run = runs.get(key)
             if run is not None and run.status == FINISHED:
-                status.skip(trial.trial_key, _SKIP_REASON, run.run_id)
-                skipped.append(trial.trial_key)
+                status.skip(key, _SKIP_REASON, run.run_id)
+                skipped.append(key)
+            elif key in shared["adopt"] and _adoptable(tracker.client, shared["adopt"][key]["run_id"]):
+                source = shared["adopt"][key]
+                status.adopt(key, source["run_id"], source["sweep_id"])
+                adopted[key] = source["run_id"]
+            elif key in shared["wait"]:
+                status.wait(key, shared["wait"][key])
+                waiting.append(key)
             else:
                 pending.append(trial)
         tracker.client.set_tag(parent_id, TAG_SKIPPED_COUNT, str(len(skipped)))
         tracker.client.set_tag(parent_id, TAG_SKIPPED, truncate(",".join(skipped), 8000)[0])
+        _tag_adoptions(tracker.client, parent_id, sid, adopted, len(waiting))
         status.write()
         if prune_checkpoints and skipped:
             prune_finished_checkpoints(location.child(TUNE_DIR), skipped)
@@ -212,6 +294,8 @@ def run_sweep(
             parent_run_id=parent_id,
             ran=[t.trial_key for t in pending],
             skipped=skipped,
+            adopted=sorted(adopted),
+            waiting=waiting,
         )
         writer = MlflowWriter(
             tracker.client,
@@ -242,8 +326,9 @@ def run_sweep(
                         writer=writer,
                         status=status,
                         runs=runs,
-                        run_spec=lambda t: trial_run_spec(
-                            t, sweep_id=sid, parent_run_id=parent_id, family=spec.experiment
+                        run_spec=lambda t: _with_tags(
+                            trial_run_spec(t, sweep_id=sid, parent_run_id=parent_id, family=spec.experiment),
+                            extra,
                         ),
                         token=f"dab-sweep:{sid}",
                         prune_checkpoints=prune_checkpoints,
@@ -350,6 +435,7 @@ def _finish(
     error: BaseException | None,
 ) -> None:
     """End every open run with the right status, write the final status, end the parent run."""
+    from workers._status import DONE_STATES
     from workers.tracking import FAILED, FINISHED, KILLED, set_run_tags
 
     interrupted = outcome.signal is not None or isinstance(error, KeyboardInterrupt | SystemExit)
@@ -371,11 +457,17 @@ def _finish(
     outcome.killed = sorted(k for k, s in states.items() if s == "killed")
     outcome.not_run = sorted(k for k, s in states.items() if s == "pending")
     outcome.tracking_errors = list(writer.errors)
-    complete = all(s in ("finished", "skipped") for s in states.values())
+    complete = all(s in DONE_STATES for s in states.values())
+    rest_done = all(s in (*DONE_STATES, "waiting") for s in states.values())
+    parent_status: str | None
     if complete and error is None and not writer.errors:
         outcome.state, parent_status = "finished", FINISHED
     elif interrupted:
         outcome.state, parent_status = "interrupted", KILLED
+    elif rest_done and error is None and not writer.errors:
+        # Only trials other sweeps run are left: the parent run stays RUNNING, and the
+        # service starts this driver again once they are done (exit code EXIT_WAITING).
+        outcome.state, parent_status = "waiting", None
     else:
         outcome.state, parent_status = "failed", FAILED
     status.set(
@@ -389,7 +481,8 @@ def _finish(
         set_run_tags(
             tracker.client, outcome.parent_run_id, {f"dab.count.{k}": str(v) for k, v in counts.items()}
         )
-        tracker.client.set_terminated(outcome.parent_run_id, parent_status)
+        if parent_status is not None:
+            tracker.client.set_terminated(outcome.parent_run_id, parent_status)
     except Exception as e:  # the trials' runs are ended already; say so and move on
         log.error("could not end the parent run %s: %s", outcome.parent_run_id, e)
         outcome.tracking_errors.append(f"parent run: {e}")

@@ -46,7 +46,7 @@ from workers.spec.expand import (
     paper_values,
     trial_key_of,
 )
-from workers.spec.load import load_spec, parse_spec
+from workers.spec.load import MAX_SUITE_MEMBERS, load_spec, parse_spec, parse_suite, suite_document
 from workers.spec.preview import preview
 from workers.spec.schema import (
     MAX_GRID_AXES,
@@ -67,6 +67,7 @@ __all__ = [
     "MAX_NODES",
     "MAX_REPLICATES",
     "MAX_SPEC_BYTES",
+    "MAX_SUITE_MEMBERS",
     "MAX_TRIALS",
     "TRIAL_KEY_LENGTH",
     "FieldPath",
@@ -86,6 +87,8 @@ __all__ = [
     "load_spec",
     "paper_values",
     "parse_spec",
+    "parse_suite",
     "preview",
+    "suite_document",
     "trial_key_of",
 ]

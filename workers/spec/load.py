@@ -1,5 +1,6 @@
 """Loading specs: a document (text, or a mapping) checked to be plain JSON and validated
-into a `SweepSpec`, or a suite file with every spec it lists (`parse_spec`, `load_spec`)."""
+into a `SweepSpec`, a suite file with every spec it lists (`parse_spec`, `load_spec`), or a
+suite whose member specs travel inline, as the REST API takes it (`parse_suite`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from workers.spec.count import count_trials
-from workers.spec.errors import FieldPath, SpecError, line_of, short_repr, spec_error
+from workers.spec.errors import FieldPath, SpecError, format_path, line_of, short_repr, spec_error
 from workers.spec.expand import canonical_json
 from workers.spec.schema import MAX_TRIALS, SweepSpec, SweepSuite
 from workers.spec.text import MAX_DEPTH, MAX_SPEC_BYTES, check_size, depth_error, read_document
@@ -107,12 +108,101 @@ def parse_spec(
     doc, lines = _document(data, source, content_type)
     if _is_suite(doc):
         raise SpecError(
-            "this is a suite (a list of spec files under 'include'); load it from its file with load_spec",
+            "this is a suite (a list of spec files under 'include'), not a sweep: submit it with "
+            "`dab submit <suite file>`, or POST it to /v1/suites with each member inline",
             path="include",
             source=source,
             line=line_of(lines, ("include",)),
         )
+    if "members" in doc and "experiment" not in doc:
+        raise SpecError(
+            "this is a suite (members: [{file, spec}]), not a sweep: POST it to /v1/suites",
+            path="members",
+            source=source,
+            line=line_of(lines, ("members",)),
+        )
     return _validate(SweepSpec, doc, source, lines)
+
+
+#: Members a suite may list (the paper's is nine).
+MAX_SUITE_MEMBERS = 100
+_SUITE_FIELDS = {"name", "description", "members"}
+
+
+def parse_suite(
+    data: Mapping[str, Any] | str | bytes, source: str = "<suite>", content_type: str | None = None
+) -> SweepSuite:
+    """Validate a suite with its members inline: ``{"name", "description", "members": [{"file",
+    "spec"}, ...]}``, each ``spec`` a sweep spec (``file`` names it, as the suite file listed it).
+
+    Raises:
+        SpecError: naming the field path (``members[2].spec.grid.model``) and line.
+    """
+    doc, lines = _document(data, source, content_type)
+
+    def fail(path: FieldPath, what: str) -> SpecError:
+        return SpecError(what, path=path, source=source, line=line_of(lines, path))
+
+    if _is_suite(doc):
+        raise fail(
+            ("include",),
+            "a suite file's 'include' lists paths, which the service cannot read: send each "
+            "member inline as members: [{file, spec}] (`dab submit` on the suite file does)",
+        )
+    unknown = sorted(set(doc) - _SUITE_FIELDS)
+    if unknown:
+        raise fail((unknown[0],), f"unknown field; a suite has: {', '.join(sorted(_SUITE_FIELDS))}")
+    members = doc.get("members")
+    if not isinstance(members, list) or not members:
+        raise fail(("members",), "a non-empty list of {file, spec} is required")
+    if len(members) > MAX_SUITE_MEMBERS:
+        raise fail(("members",), f"{len(members)} members; a suite has at most {MAX_SUITE_MEMBERS}")
+    files: list[str] = []
+    specs: list[SweepSpec] = []
+    for i, m in enumerate(members):
+        if not isinstance(m, Mapping) or set(m) != {"file", "spec"}:
+            got = sorted(m) if isinstance(m, Mapping) else type(m).__name__
+            raise fail(("members", i), f"each member is {{file, spec}}; got {got}")
+        if not isinstance(m["file"], str):
+            raise fail(("members", i, "file"), "a file name (string) is required")
+        if not isinstance(m["spec"], Mapping):
+            raise fail(("members", i, "spec"), "a sweep spec (a mapping) is required")
+        try:
+            spec = _validate(SweepSpec, dict(m["spec"]), f"{source} {m['file']}", {})
+        except SpecError as e:
+            prefix = format_path(("members", i, "spec"))
+            sub = f"{prefix}.{e.path}" if e.path and not e.path.startswith("[") else f"{prefix}{e.path}"
+            raise SpecError(
+                e.message,
+                path=sub,
+                source=source,
+                line=line_of(lines, ("members", i, "spec")),
+                cell=e.cell,
+            ) from None
+        files.append(m["file"])
+        specs.append(spec)
+    suite = _validate(
+        SweepSuite,
+        {"name": doc.get("name"), "description": doc.get("description", ""), "include": files},
+        source,
+        {},
+    )
+    total = sum(count_trials(s) for s in specs)
+    if total > MAX_TRIALS:
+        raise fail(
+            ("members",), f"the suite expands to {total:,} trials; the limit is {MAX_TRIALS:,} (MAX_TRIALS)"
+        )
+    suite._members = list(zip(files, specs, strict=True))
+    return suite
+
+
+def suite_document(suite: SweepSuite) -> dict[str, Any]:
+    """The inline form of a loaded suite (what `parse_suite` takes, and the CLI sends)."""
+    return {
+        "name": suite.name,
+        "description": suite.description,
+        "members": [{"file": f, "spec": s.model_dump(mode="json")} for f, s in suite.specs],
+    }
 
 
 def load_spec(path: str | Path) -> SweepSpec | SweepSuite:
@@ -172,4 +262,4 @@ def _load(path: Path, source: str, stack: tuple[Path, ...]) -> SweepSpec | Sweep
     return suite
 
 
-__all__ = ["load_spec", "parse_spec", "plain_json"]
+__all__ = ["MAX_SUITE_MEMBERS", "load_spec", "parse_spec", "parse_suite", "plain_json", "suite_document"]

@@ -39,6 +39,14 @@ _SPEC_BODY: dict[str, Any] = {
 }
 
 
+PRIORITY = Annotated[
+    int,
+    Query(
+        ge=-1000, le=1000, description="queued sweeps start highest priority first, then in submission order"
+    ),
+]
+
+
 async def _body(request: Request) -> bytes:
     return await request.body()
 
@@ -57,6 +65,7 @@ async def submit_sweep(
     request: Request,
     response: Response,
     state: StateDep,
+    priority: PRIORITY = 0,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -67,10 +76,11 @@ async def submit_sweep(
         ),
     ] = None,
 ) -> SweepPublic:
-    """Submit a sweep: validated, expanded, stored, and its driver submitted as a Ray Job."""
+    """Submit a sweep: validated, expanded, stored and queued; its driver is submitted as a Ray
+    Job when a driver slot is free (at once, if one is)."""
     body = await _body(request)
     checked = await run_in_threadpool(check_spec, body, request.headers.get("content-type"), state.settings)
-    sweep, created = await run_in_threadpool(state.manager.create, checked, idempotency_key)
+    sweep, created = await run_in_threadpool(state.manager.create, checked, idempotency_key, priority)
     response.headers["Location"] = f"/v1/sweeps/{sweep.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
