@@ -289,7 +289,7 @@ def _check_mlflow(c: Cluster, sweep_id: str, on_a: list[str], node_a: str, node_
     from mlflow.entities import ViewType
 
     client = MlflowClient(c.mlflow.tracking_uri)
-    exp = client.get_experiment_by_name(f"dab/{sweep_id}")
+    exp = client.search_experiments(filter_string=f"tags.`dab.sweep_id` = '{sweep_id}'")[0]
     runs = client.search_runs([exp.experiment_id], "tags.`dab.role` = 'trial'", run_view_type=ViewType.ALL)
     by_key = Counter(r.data.tags["dab.trial_key"] for r in runs)
     assert len(by_key) == 8 and set(by_key.values()) == {1}, by_key  # one run per trial

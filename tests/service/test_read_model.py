@@ -72,9 +72,10 @@ def _play_driver(api: Api, sweep_id: str) -> dict[str, Any]:
     """MLflow runs and a status file as the driver leaves them mid-sweep."""
     manager = _manager(api)
     client = make_client(api.settings.tracking_uri)
-    exp = client.create_experiment(experiment_name(sweep_id))
-    parent = client.create_run(exp, tags={TAG_ROLE: ROLE_SWEEP, TAG_SWEEP_ID: sweep_id}).info.run_id
     sweep = manager.reads.sweep(sweep_id, "plan")
+    # Named and tagged as the driver makes it: the service finds it by the tag.
+    exp = client.create_experiment(experiment_name(sweep_id, sweep.name), tags={TAG_SWEEP_ID: sweep_id})
+    parent = client.create_run(exp, tags={TAG_ROLE: ROLE_SWEEP, TAG_SWEEP_ID: sweep_id}).info.run_id
     trials: dict[str, Any] = {}
     states = ["finished", "finished", "running", "failed"]
     for (key, index, cell_key, seed, _steps), state in zip(sweep.plan, states, strict=True):

@@ -207,11 +207,11 @@ def mlflow_sweep() -> Callable[[str, str], SweepView]:
     from mlflow import MlflowClient
     from mlflow.entities import ViewType
 
-    from workers.tracking import experiment_name
+    from workers.tracking import find_experiment
 
     def view(uri: str, sweep_id: str) -> SweepView:
         client = MlflowClient(uri)
-        exp = client.get_experiment_by_name(experiment_name(sweep_id))
+        exp = find_experiment(client, sweep_id)
         if exp is None:
             return SweepView(client, None, [], [])
         runs = client.search_runs([exp.experiment_id], "", run_view_type=ViewType.ALL, max_results=10_000)

@@ -286,8 +286,10 @@ def test_a_restarted_driver_finds_its_experiment_and_parent_from_the_sweep_id_al
     again = run_sweep(spec, [], sweep_dir=sweep_dir, tracking_uri=tracking_uri, sweep_id="sweep-ids")
     assert (again.experiment_id, again.parent_run_id) == (first.experiment_id, first.parent_run_id)
     assert not (sweep_dir / "sweep.json").exists()
-    exp = client.get_experiment_by_name("dab/sweep-ids")
+    exp = client.get_experiment_by_name(f"dab/{spec.name} (sweep-ids)")  # the spec's name, for people
     assert exp is not None and exp.experiment_id == first.experiment_id
+    assert exp.tags["dab.sweep_id"] == "sweep-ids"
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     parents = client.search_runs([exp.experiment_id], "tags.`dab.role` = 'sweep'")
     assert [r.info.run_id for r in parents] == [first.parent_run_id]
     assert parents[0].info.status == "FINISHED"

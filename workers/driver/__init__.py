@@ -18,7 +18,8 @@ sweep directory: they are found in MLflow from the sweep id (`workers.tracking.f
 What one run of the driver does, in order:
 
 1. Takes the sweep directory's lock (one driver per sweep).
-2. Finds or creates the sweep's MLflow experiment (``dab/<sweep id>``) and parent run, and
+2. Finds or creates the sweep's MLflow experiment (``dab/<spec name> (<sweep id>)``, found by
+   its ``dab.sweep_id`` tag) and parent run, and
    lists the child runs already there. Runs left RUNNING by a driver that died are ended
    KILLED. Trials whose trial_key has a FINISHED run are skipped: they are never handed to
    Tune, and the skip is listed in ``status.json`` and on the parent run. Trials the

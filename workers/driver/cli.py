@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sweep-id",
         default=None,
-        help="sweep id, which names its MLflow experiment dab/<id> (default: the sweep dir's name)",
+        help="sweep id, which finds its MLflow experiment 'dab/<spec name> (<id>)' (default: the sweep dir's name)",
     )
     p.add_argument(
         "--artifact-root",

@@ -242,7 +242,7 @@ def run_sweep(
         raise ValueError(f"trials with identical configs (trial_key {dup[0]}): a sweep runs each config once")
 
     with sweep_lock(location):
-        tracker = SweepTracker(tracking_uri, sid, artifact_root)
+        tracker = SweepTracker(tracking_uri, sid, artifact_root, name=spec.name, description=spec.description)
         # The ids are MLflow's: found by the sweep id (or created) here, never kept in a file.
         experiment_id = tracker.ensure_experiment()
         extra = dict(extra_tags or {})

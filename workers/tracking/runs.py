@@ -1,6 +1,9 @@
 """MLflow runs of a sweep: names, tags and params, and finding or creating them exactly once.
 
-Layout in MLflow: one experiment per sweep, named ``dab/<sweep id>``; in it one parent run for
+Layout in MLflow: one experiment per sweep, named ``dab/<spec name> (<sweep id>)`` so a person
+browsing the UI recognises it, and tagged ``dab.sweep_id`` (how it is found: the name is for
+people and may differ between versions; earlier ones named it ``dab/<sweep id>``) and
+``mlflow.experimentKind`` (so MLflow 3's UI opens it on its runs table). In it one parent run for
 the sweep (tag ``dab.role=sweep``) and one child run per trial (``dab.role=trial``,
 ``mlflow.parentRunId``, ``dab.trial_key``). Runs are found again by those tags, so a restarted
 or resubmitted driver continues the runs it finds instead of making new ones, and nobody needs
@@ -54,6 +57,19 @@ TAG_TRUNCATED_PARAMS = "dab.truncated_params"
 MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
 MLFLOW_RUN_NAME = "mlflow.runName"
 MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"
+# The description the UI shows for a run (mlflow.utils.mlflow_tags.MLFLOW_RUN_NOTE) and, read from
+# an experiment's tags, in the experiment list's "Description" column (ExperimentListTable.tsx in
+# mlflow/server/js/build/static/js, 3.17).
+MLFLOW_NOTE = "mlflow.note.content"
+# What MLflow 3's UI opens an experiment on. MLflow's Python package has no constant for it (the
+# key appears only as a literal, in mlflow/demo/generators/traces.py, 3.17); the key and values
+# are the UI's: mlflow/server/js/build/static/js/main.*.js reads the experiment tag
+# "mlflow.experimentKind" and lists the kinds ("genai_development", "custom_model_development",
+# ..., shown as "GenAI apps & agents" and "Machine learning"). Only "genai_development" opens on
+# the traces page; any other kind opens on the runs table, and with no tag the UI guesses from
+# the experiment's contents and may open on traces or ask the user which kind it is.
+MLFLOW_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_ML = "custom_model_development"
 ROLE_SWEEP = "sweep"
 ROLE_TRIAL = "trial"
 
@@ -66,11 +82,38 @@ MAX_TAG_VALUE = 8000
 MAX_KEY = 250
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_TAGS_PER_BATCH = 100
+MAX_EXPERIMENT_TAG_VALUE = 20_000
+# MLflow validates experiment names up to 500 characters, but its SQL schema's column is
+# VARCHAR(256) (mlflow.store.tracking.dbmodels.models.SqlExperiment.name), which PostgreSQL and
+# MySQL enforce: names are kept to 250.
+MAX_EXPERIMENT_NAME = 250
 
 
-def experiment_name(sweep_id: str) -> str:
-    """The MLflow experiment of a sweep: deterministic, so a restarted driver finds it again."""
+def legacy_experiment_name(sweep_id: str) -> str:
+    """The name earlier versions gave a sweep's experiment, still looked up so their sweeps are
+    found (and not created twice); also the name of a sweep whose tracker has no spec name."""
     return f"dab/{sweep_id}"
+
+
+def experiment_name(sweep_id: str, name: str | None = None) -> str:
+    """The MLflow experiment name of a sweep: ``dab/<name> (<sweep id>)``, for people.
+
+    MLflow allows any non-empty name (``_validate_experiment_name`` checks only the type and
+    the length), and a spec's name is letters, digits, ``.``, ``_`` and ``-`` (the schema's
+    ``_NAME_PATTERN``), so a spec name is used as it is. Any other `name` has its runs of
+    whitespace and control characters folded to one space, so the UI shows it on one line. The
+    name is cut, never the id, to fit `MAX_EXPERIMENT_NAME`: the id is what makes the name
+    unique, and a name that is deterministic for the sweep is what makes creating it
+    exactly-once (`SweepTracker.ensure_experiment`). No usable name: `legacy_experiment_name`.
+
+    It is not how the experiment is found: `find_sweep_ids` looks for the ``dab.sweep_id`` tag.
+    """
+    legacy = legacy_experiment_name(sweep_id)
+    label = " ".join("".join(c if c.isprintable() else " " for c in name or "").split())
+    room = MAX_EXPERIMENT_NAME - len(f"dab/ ({sweep_id})")
+    if not label or room < 1:
+        return legacy
+    return f"dab/{label[:room].rstrip()} ({sweep_id})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,17 +267,44 @@ def _parent_run(client: MlflowClient, experiment_id: str, sweep_id: str) -> Any 
     return runs[0] if runs else None
 
 
+def find_experiment(client: MlflowClient, sweep_id: str) -> Any | None:
+    """The sweep's experiment (an ``mlflow.entities.Experiment``, deleted ones included), or None.
+
+    Found by its ``dab.sweep_id`` tag, not its name: the name is for people (it carries the
+    spec's name, and earlier versions named it otherwise). Should a store somehow hold two so
+    tagged, the first created is the one, as the driver and the service both pick it here. One
+    without the tag is looked for under the name earlier versions gave it
+    (`legacy_experiment_name`), so their sweeps are still found.
+
+    Deleted experiments count, as ``get_experiment_by_name`` returns them too: the driver
+    restores its sweep's experiment rather than make a second one for the same sweep.
+    """
+    from mlflow.entities import ViewType
+
+    found = client.search_experiments(
+        view_type=ViewType.ALL,
+        max_results=1,
+        filter_string=f"tags.`{TAG_SWEEP_ID}` = '{sweep_id}'",
+        order_by=["creation_time ASC", "experiment_id ASC"],
+    )
+    if found:
+        return found[0]
+    return client.get_experiment_by_name(legacy_experiment_name(sweep_id))
+
+
 def find_sweep_ids(client: MlflowClient, sweep_id: str) -> tuple[str | None, str | None]:
     """The MLflow experiment id and parent run id of a sweep, derived from its id.
 
-    Two requests (``get_experiment_by_name`` and one ``search_runs`` with ``max_results=1``);
-    nothing is created. The experiment is named `experiment_name(sweep_id)` and its parent run
-    is the one tagged ``dab.role=sweep``, as the sweep's driver makes them.
+    Two requests when the sweep has an experiment (``search_experiments`` by tag, see
+    `find_experiment`, and one ``search_runs`` with ``max_results=1``), two when it has none
+    (the tag search, then ``get_experiment_by_name`` of the legacy name), three for an untagged
+    experiment under the legacy name. Nothing is created or changed. The parent run is the one
+    tagged ``dab.role=sweep``, as the sweep's driver makes it.
 
     Returns:
         (experiment id, parent run id); None for what the driver has not created yet.
     """
-    experiment = client.get_experiment_by_name(experiment_name(sweep_id))
+    experiment = find_experiment(client, sweep_id)
     if experiment is None:
         return None, None
     run = _parent_run(client, experiment.experiment_id, sweep_id)
@@ -257,11 +327,26 @@ def _status_rank(status: str) -> int:
 
 
 class SweepTracker:
-    """Synchronous MLflow work of the driver: find or make the sweep's experiment and runs."""
+    """Synchronous MLflow work of the driver: find or make the sweep's experiment and runs.
 
-    def __init__(self, tracking_uri: str, sweep_id: str, artifact_root: str | None = None) -> None:
+    `name` (the spec's name) names the experiment for people (`experiment_name`); `description`
+    (the spec's) is the experiment's description in the UI. Neither is needed to find the
+    sweep again, which goes by the sweep id alone.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        sweep_id: str,
+        artifact_root: str | None = None,
+        *,
+        name: str | None = None,
+        description: str = "",
+    ) -> None:
         self.tracking_uri = tracking_uri
         self.sweep_id = sweep_id
+        self.name = name
+        self.description = description
         self.artifact_root = (
             artifact_root if artifact_root is not None else default_artifact_root(tracking_uri)
         )
@@ -269,29 +354,56 @@ class SweepTracker:
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
 
+    def experiment_tags(self) -> dict[str, str]:
+        """The tags the sweep's experiment is made with: its id (how it is found), the kind
+        (so MLflow 3's UI opens its runs table) and the description when there is one."""
+        tags = {TAG_SWEEP_ID: self.sweep_id, MLFLOW_EXPERIMENT_KIND: EXPERIMENT_KIND_ML}
+        if self.description:
+            tags[MLFLOW_NOTE] = truncate(self.description, MAX_EXPERIMENT_TAG_VALUE)[0]
+        return tags
+
     def ensure_experiment(self) -> str:
-        """The sweep's experiment id: found by name, or created (once per tracker)."""
+        """The sweep's experiment id: found (`find_experiment`), or created, once per tracker.
+
+        Exactly one experiment per sweep even when two trackers (two drivers) get here at once:
+        it is created under a name determined by the sweep (`experiment_name`), which MLflow
+        keeps unique, so the second creation fails and its tracker takes the first one's, found
+        under that name. An experiment found without some of `experiment_tags` (one an earlier
+        version made) gets the missing ones, so old sweeps open on their runs table too; tags it
+        has are left as they are, so a description or kind edited in the UI outlives a driver
+        restart. It keeps its name: drivers and services of earlier versions look it up by that.
+
+        Raises:
+            ValueError: the name is taken by an experiment tagged as another sweep's.
+        """
         from mlflow.exceptions import MlflowException
 
         if self.experiment_id is not None:
             return self.experiment_id
-        name = experiment_name(self.sweep_id)
-        experiment = self.client.get_experiment_by_name(name)
+        experiment = find_experiment(self.client, self.sweep_id)
         if experiment is None:
+            name = experiment_name(self.sweep_id, self.name)
             location = f"{self.artifact_root.rstrip('/')}/{self.sweep_id}" if self.artifact_root else None
             try:
                 self.experiment_id = self.client.create_experiment(
-                    name, artifact_location=location, tags={TAG_SWEEP_ID: self.sweep_id}
+                    name, artifact_location=location, tags=self.experiment_tags()
                 )
+                return self.experiment_id
             except MlflowException:  # created meanwhile by someone else: use theirs
                 experiment = self.client.get_experiment_by_name(name)
                 if experiment is None:
                     raise
-                self.experiment_id = experiment.experiment_id
-        else:
-            if experiment.lifecycle_stage == "deleted":
-                self.client.restore_experiment(experiment.experiment_id)
-            self.experiment_id = experiment.experiment_id
+                other = experiment.tags.get(TAG_SWEEP_ID)
+                if other not in (None, self.sweep_id):
+                    raise ValueError(
+                        f"MLflow experiment {name!r} belongs to sweep {other!r}, not {self.sweep_id!r}"
+                    ) from None
+        if experiment.lifecycle_stage == "deleted":
+            self.client.restore_experiment(experiment.experiment_id)
+        for key, value in self.experiment_tags().items():
+            if key not in experiment.tags:
+                self.client.set_experiment_tag(experiment.experiment_id, key, value)
+        self.experiment_id = experiment.experiment_id
         return self.experiment_id
 
     def _search(self, filter_string: str) -> Iterator[Any]:
