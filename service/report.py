@@ -143,9 +143,10 @@ def _plt() -> Any:
     return plt
 
 
-def _line_figure(title: str, xlabel: str, ylabel: str, series: Series) -> bytes:
+def _line_figure(title: str, xlabel: str, ylabel: str, series: Series, xscale: str = "linear") -> bytes:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
+    ax.set_xscale(xscale)
     for name, pts in series.items():
         if pts:
             ax.errorbar(
@@ -242,12 +243,36 @@ def figure6(spec: SweepSpec, trials: Sequence[Trial], results: Mapping[str, Any]
         return None
     info = _info(results, spec.resolved_metric)
     axes = [a for a in ("placement", "estimator", "dab_loss_to_input") if a in spec.grid]
+    return _bar_figure(f"Figure 6: {', '.join(axes)} ({aggregation_text(info)})", label(info), {"": bars})
+
+
+def _bar_figure(
+    title: str, ylabel: str, groups: Mapping[str, Sequence[tuple[str, float, float]]], xlabel: str = ""
+) -> bytes:
+    """Bars of (category, mean, std) with one-std error bars; several groups side by side per
+    category (a legend names them)."""
     plt = _plt()
+    categories: list[str] = []
+    for bars in groups.values():
+        for b in bars:
+            if b[0] not in categories:
+                categories.append(b[0])
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.bar(range(len(bars)), [b[1] for b in bars], yerr=[b[2] for b in bars], capsize=4)
-    ax.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=20, ha="right")
-    ax.set(title=f"Figure 6: {', '.join(axes)} ({aggregation_text(info)})", ylabel=label(info))
+    width = 0.8 / max(len(groups), 1)
+    for i, (name, bars) in enumerate(groups.items()):
+        ax.bar(
+            [categories.index(b[0]) - 0.4 + width * (i + 0.5) for b in bars],
+            [b[1] for b in bars],
+            width=width,
+            yerr=[b[2] for b in bars],
+            capsize=4,
+            label=name or None,
+        )
+    ax.set_xticks(range(len(categories)), categories, rotation=20, ha="right")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(axis="y", alpha=0.3)
+    if len(groups) > 1:
+        ax.legend()
     return _png(fig)
 
 
