@@ -222,6 +222,19 @@ class ApiClient:
     def json(self, method: str, path: str, **kw: Any) -> Any:
         return self.request(method, path, **kw).json()
 
+    def kind_of(self, some_id: str) -> str:
+        """``sweeps`` or ``suites``: which resource `some_id` names (a 404 from both exits)."""
+        import httpx
+
+        try:
+            r = self.http.get(f"/v1/sweeps/{some_id}")
+        except httpx.HTTPError:
+            r = None
+        if r is not None and r.status_code == 404:
+            self.request("GET", f"/v1/suites/{some_id}")  # exits with its error if not a suite
+            return "suites"
+        return "sweeps"
+
 
 def _client(api_url: str) -> ApiClient:
     import os
@@ -364,22 +377,38 @@ def serve(
 
 @app.command()
 def submit(
-    spec: Annotated[Path, typer.Argument(help="a sweep spec (YAML or JSON)", show_default=False)],
+    spec: Annotated[
+        Path, typer.Argument(help="a sweep spec, or a suite file (YAML or JSON)", show_default=False)
+    ],
     wait: Annotated[
         bool, typer.Option("--wait", help="follow progress until the sweep ends; then print results")
     ] = False,
     idempotency_key: Annotated[
         str | None, typer.Option(help="the same key and spec give the same sweep")
     ] = None,
+    priority: Annotated[
+        int, typer.Option(help="queued sweeps start highest priority first, then in submission order")
+    ] = 0,
     api_url: ApiUrl = DEFAULT_API_URL,
 ) -> None:
-    """Submit SPEC to the service; prints the sweep id (exit 0), or follows it with --wait."""
-    body, kind = _spec_body(spec)
+    """Submit SPEC to the service; prints the sweep id (exit 0), or follows it with --wait.
+
+    A suite file (``include:`` a list of spec files) is sent as one suite: its members are
+    read here and travel inline; the service previews what it will run, then queues them all.
+    """
     api = _client(api_url)
-    headers = {"Content-Type": kind}
+    headers: dict[str, str] = {}
     if idempotency_key:
         headers["Idempotency-Key"] = idempotency_key
-    sweep = api.json("POST", "/v1/sweeps", content=body, headers=headers)
+    params = {"priority": priority} if priority else {}
+    suite = _as_suite(spec)
+    if suite is not None:
+        _submit_suite(api, suite, headers, params, wait)
+        return
+    body, kind = _spec_body(spec)
+    sweep = api.json(
+        "POST", "/v1/sweeps", content=body, headers={"Content-Type": kind, **headers}, params=params
+    )
     typer.echo(sweep["id"])
     if wait:
         try:
@@ -391,6 +420,61 @@ def submit(
         raise typer.Exit(_end_code(final["state"]))
 
 
+def _as_suite(path: Path) -> SweepSuite | None:
+    """The suite `path` holds, with every member loaded; None for a sweep spec (or a file that
+    does not load: the service's answer then says what is wrong with it)."""
+    try:
+        loaded = load_spec(path)
+    except SpecError as e:
+        if "include" in str(e.path) or "a suite" in e.message:
+            _console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+            raise typer.Exit(EXIT_SPEC_ERROR) from None
+        return None
+    return loaded if isinstance(loaded, SweepSuite) else None
+
+
+def _submit_suite(
+    api: ApiClient, suite: SweepSuite, headers: dict[str, str], params: dict[str, Any], wait: bool
+) -> None:
+    from workers.spec import suite_document
+
+    out = _console()
+    doc = suite_document(suite)
+    pre = api.json("POST", "/v1/suites/preview", json=doc)
+    t = pre["total"]
+    out.print(
+        f"suite {escape(suite.name)}: {len(doc['members'])} members, {t['trials']} trials listed, "
+        f"{t['distinct_trials']} distinct, {t['already_finished']} finished already: "
+        f"[bold]{t['to_run']} trials to run[/]"
+    )
+    got = api.json("POST", "/v1/suites", json=doc, headers=headers, params=params)
+    typer.echo(got["id"])
+    for m in got["members"]:
+        out.print(f"  {m['sweep_id']} {escape(m['file'])}: {m['state']} ({m['trial_count']} trials)")
+    if wait:
+        final = _wait_suite(api, got["id"])
+        raise typer.Exit(_end_code(final["state"]))
+
+
+def _wait_suite(api: ApiClient, suite_id: str, poll_s: float = 2.0) -> dict[str, Any]:
+    """Poll the suite, a line whenever its state or members change, until every member ended."""
+    import time
+
+    out = _console()
+    last = None
+    while True:
+        s = api.json("GET", f"/v1/suites/{suite_id}")
+        line = f"{s['name']}: {s['state']} {s['progress'] * 100:.0f}% " + ", ".join(
+            f"{m['file']} {m['state']}" for m in s["members"]
+        )
+        if line != last:
+            out.print(escape(line))
+            last = line
+        if s["state"] in TERMINAL:
+            return dict(s)
+        time.sleep(poll_s)
+
+
 @app.command()
 def status(
     sweep_id: Annotated[
@@ -399,9 +483,12 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="print the API's JSON")] = False,
     api_url: ApiUrl = DEFAULT_API_URL,
 ) -> None:
-    """A sweep's state, progress and links; without an id, the latest sweeps."""
+    """A sweep's (or suite's) state, progress and links; without an id, the latest of both."""
     api = _client(api_url)
     out = _console()
+    if sweep_id is not None and api.kind_of(sweep_id) == "suites":
+        _suite_status(api, sweep_id, as_json)
+        return
     if sweep_id is None:
         page = api.json("GET", "/v1/sweeps", params={"limit": 50})
         if as_json:
@@ -419,6 +506,21 @@ def status(
                 s["created_at"][:19],
             )
         out.print(table)
+        suites = api.json("GET", "/v1/suites", params={"limit": 20})
+        if suites["count"]:
+            st = Table(title=f"suites ({suites['count']})", title_justify="left", box=box.SIMPLE_HEAD)
+            for col in ("id", "name", "state", "members", "trials", "created"):
+                st.add_column(col)
+            for u in suites["data"]:
+                st.add_row(
+                    u["id"],
+                    u["name"],
+                    u["state"],
+                    str(len(u["members"])),
+                    f"{u['distinct_trials']} distinct of {u['trial_count']}",
+                    u["created_at"][:19],
+                )
+            out.print(st)
         return
     s = api.json("GET", f"/v1/sweeps/{sweep_id}")
     if as_json:
@@ -436,14 +538,43 @@ def status(
     out.print(f"MLflow UI: {s['links']['mlflow_ui_command']}", soft_wrap=True)
 
 
+def _suite_status(api: ApiClient, suite_id: str, as_json: bool) -> None:
+    s = api.json("GET", f"/v1/suites/{suite_id}")
+    if as_json:
+        typer.echo(json.dumps(s, indent=2))
+        return
+    out = _console()
+    out.print(f"[bold]{escape(s['name'])}[/] suite {s['id']}: {s['state']} ({s['progress'] * 100:.0f}%)")
+    out.print(
+        f"trials: {s['trial_count']} listed, {s['distinct_trials']} distinct; {_counts_text(s.get('counts'))}"
+    )
+    table = Table(box=box.SIMPLE_HEAD)
+    for col in ("member", "sweep", "state", "trials", "message"):
+        table.add_column(col)
+    for m in s["members"]:
+        table.add_row(
+            escape(m["file"]),
+            m["sweep_id"],
+            m["state"],
+            _counts_text(m.get("counts")) or str(m["trial_count"]),
+            escape(m.get("message") or ""),
+        )
+    out.print(table)
+    out.print(f"MLflow: runs with {escape(s['links']['mlflow_runs_filter'])}", soft_wrap=True)
+
+
 @app.command()
 def cancel(
-    sweep_id: Annotated[str, typer.Argument(show_default=False)],
+    sweep_id: Annotated[str, typer.Argument(help="a sweep or a suite id", show_default=False)],
     api_url: ApiUrl = DEFAULT_API_URL,
 ) -> None:
-    """Cancel a sweep: its Ray job stops and its runs end KILLED."""
-    s = _client(api_url).json("POST", f"/v1/sweeps/{sweep_id}/cancel")
+    """Cancel a sweep (its Ray job stops and its runs end KILLED), or every member of a suite."""
+    api = _client(api_url)
+    kind = api.kind_of(sweep_id)
+    s = api.json("POST", f"/v1/{kind}/{sweep_id}/cancel")
     typer.echo(f"{s['id']}: {s['state']}")
+    for m in s.get("members", []):
+        typer.echo(f"  {m['sweep_id']} {m['file']}: {m['state']}")
 
 
 @app.command()
@@ -487,14 +618,18 @@ def report(
     ),
     api_url: ApiUrl = DEFAULT_API_URL,
 ) -> None:
-    """Write the paper-style report (Markdown tables, PNG figures) of a sweep to --out."""
+    """Write the paper-style report (Markdown tables, PNG figures) of a sweep, or of a whole
+    suite (every paper table and figure its members cover, plus report.json), to --out."""
     api = _client(api_url)
-    rep = api.json("GET", f"/v1/sweeps/{sweep_id}/report", timeout=300)
+    kind = api.kind_of(sweep_id)
+    rep = api.json("GET", f"/v1/{kind}/{sweep_id}/report", timeout=300)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(rep["markdown"], encoding="utf-8")
+    if "data" in rep:
+        (out / "report.json").write_text(json.dumps(rep["data"], indent=2), encoding="utf-8")
     for fig in rep["figures"]:
         (out / fig["name"]).write_bytes(
-            api.request("GET", f"/v1/sweeps/{sweep_id}/report/figures/{fig['name']}").content
+            api.request("GET", f"/v1/{kind}/{sweep_id}/report/figures/{fig['name']}").content
         )
     typer.echo(f"wrote {out / 'report.md'} and {len(rep['figures'])} figure(s)")
     if rep.get("artifact_path"):
@@ -525,7 +660,10 @@ def run(
         _console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(EXIT_SPEC_ERROR) from None
     if isinstance(loaded, SweepSuite):
-        _console(stderr=True).print("[bold red]error:[/] a suite: run its member specs one at a time")
+        _console(stderr=True).print(
+            "[bold red]error:[/] a suite: start the service (dab serve) and `dab submit` it, "
+            "which queues its members and runs a trial they share once"
+        )
         raise typer.Exit(EXIT_SPEC_ERROR)
     out = _console()
     settings = Settings()

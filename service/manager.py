@@ -576,10 +576,10 @@ class SweepManager:
             with self.sessions() as s:
                 crud.update_sweep(s, sweep.id, snapshot_at=now, **changed)
         if "trials" in changed:  # a trial this sweep finished is now every later sweep's to adopt
-            done = finished_runs_of(changed["trials"])
-            if done:
+            finished = finished_runs_of(changed["trials"])
+            if finished:
                 with self.sessions() as s:
-                    sharing.record_finished(s, sweep.id, done)
+                    sharing.record_finished(s, sweep.id, finished)
 
     def _find_ids(self, sweep_id: str) -> tuple[str | None, str | None]:
         """The sweep's MLflow experiment and parent run, derived from its id (None: not yet)."""

@@ -234,7 +234,7 @@ class Suites:
 
     def _log(self, suite: Suite, members: Sequence[Sweep], report: dict[str, Any]) -> str:
         """The suite's own MLflow run (found by its tag, else created) with the report on it."""
-        from workers.tracking import FINISHED, TAG_ROLE
+        from workers.tracking import EXPERIMENT_KIND_ML, FINISHED, MLFLOW_EXPERIMENT_KIND, TAG_ROLE
 
         client = self.reads.mlflow()
         name = f"dab/suite {suite.name} ({suite.id})"

@@ -97,6 +97,30 @@ def test_submit_status_cancel_results(api: object) -> None:
     assert again.exit_code == 2 and "already cancelled" in again.stderr  # type: ignore[attr-defined]
 
 
+def test_submit_the_paper_suite_previews_650_trials_then_cancel_it(api: object, tmp_path: Path) -> None:
+    """`dab submit configs/paper.yaml`: the members travel inline as one suite, the service
+    previews 650 distinct trials to run (670 listed), and `dab cancel` on it ends every member."""
+    r = _dab(api, "submit", str(ROOT / "configs" / "paper.yaml"), "--priority", "3")
+    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert "9 members, 670 trials listed, 650 distinct, 0 finished already: 650 trials to run" in r.stdout  # type: ignore[attr-defined]
+    suite_id = r.stdout.splitlines()[1].strip()  # type: ignore[attr-defined]
+    assert len(suite_id) == 16 and "table1_sorting.yaml: queued (45 trials)" in r.stdout  # type: ignore[attr-defined]
+    st = _dab(api, "status", suite_id)
+    assert st.exit_code == 0 and f"paper suite {suite_id}: queued" in st.stdout  # type: ignore[attr-defined]
+    assert "fig6_ste.yaml" in st.stdout and f"tags.`dab.suite_id` = '{suite_id}'" in st.stdout  # type: ignore[attr-defined]
+    listed = _dab(api, "status")
+    assert "suites (1)" in listed.stdout and "650 distinct of 670" in listed.stdout  # type: ignore[attr-defined]
+    c = _dab(api, "cancel", suite_id)
+    assert c.exit_code == 0 and c.stdout.splitlines()[0] == f"{suite_id}: cancelled"  # type: ignore[attr-defined]
+    assert c.stdout.count(": cancelled") == 10  # type: ignore[attr-defined]  # the suite and its 9 members
+    rep = _dab(api, "report", suite_id, "--out", str(tmp_path / "rep"))
+    assert rep.exit_code == 0, rep.output  # type: ignore[attr-defined]
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "Table 1" in md and "not yet run" in md  # every cell is marked incomplete
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert len(data["sections"]) == 9
+
+
 def test_exit_codes(serve: object, tmp_path: Path) -> None:
     api = serve(api_token="tok")  # type: ignore[operator]
     assert _dab(api, "status", token="wrong").exit_code == 4  # type: ignore[attr-defined]

@@ -6,7 +6,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from service.snapshot import empty_counts, eta_of, last_error_of, progress_of, snapshot_fields
+from service.snapshot import (
+    empty_counts,
+    eta_of,
+    finished_runs_of,
+    last_error_of,
+    progress_of,
+    snapshot_fields,
+    waiting_of,
+)
 
 PLAN = [["a", 0, "c1", 0, 100], ["b", 1, "c2", 0, 100], ["c", 2, "c1", 1, 100], ["d", 3, "c2", 1, 100]]
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -64,9 +72,26 @@ def test_snapshot_fields_keep_only_the_rows_fields() -> None:
             "error": None,
             "placement": {"node": "10.0.0.2", "device": "cpu"},
             "nodes": ["10.0.0.1", "10.0.0.2"],
+            "adopted_from": None,
         }
     }
     assert fields["counts"] == status["counts"] and fields["progress"] == 0.125
     assert fields["eta_s"] == pytest.approx(70.0) and fields["last_error"] is None
     none = snapshot_fields(None, PLAN, state="queued", started_at=None, now=NOW)
     assert none["counts"] == empty_counts(4) and none["counts"]["pending"] == 4 and none["progress"] == 0.0
+
+
+def test_finished_and_waiting_trials_of_a_snapshot() -> None:
+    trials = {
+        "a": {"state": "finished", "run_id": "r1"},
+        "b": {"state": "skipped", "run_id": "r2"},
+        "c": {"state": "adopted", "run_id": "r3", "adopted_from": "other"},
+        "d": {"state": "waiting", "adopted_from": "owner"},
+        "e": {"state": "finished", "run_id": None},
+    }
+    # what the sweep finished itself (adopted runs are their owner's)
+    assert finished_runs_of(trials) == {"a": "r1", "b": "r2"}
+    assert waiting_of(trials) == {"d": "owner"}
+    # adopted trials are done for progress; waiting ones are not
+    plan = [[k, i, "", 0, 10] for i, k in enumerate(trials)]
+    assert progress_of(plan, trials) == pytest.approx(4 / 5)

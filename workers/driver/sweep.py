@@ -121,8 +121,8 @@ def read_shared(location: Location) -> dict[str, Any]:
     ``{"adopt": {key: {"run_id", "sweep_id"}}, "wait": {key: sweep_id}}``; empty without it."""
     data = location.child(SHARED_FILE).read_json()
     data = data if isinstance(data, dict) else {}
-    adopt = data.get("adopt") if isinstance(data.get("adopt"), dict) else {}
-    wait = data.get("wait") if isinstance(data.get("wait"), dict) else {}
+    adopt: dict[str, Any] = data["adopt"] if isinstance(data.get("adopt"), dict) else {}
+    wait: dict[str, Any] = data["wait"] if isinstance(data.get("wait"), dict) else {}
     return {
         "adopt": {
             k: v for k, v in adopt.items() if isinstance(v, dict) and v.get("run_id") and v.get("sweep_id")
