@@ -239,13 +239,12 @@ class Suites:
         client = self.reads.mlflow()
         name = f"dab/suite {suite.name} ({suite.id})"
         exp = client.get_experiment_by_name(name)
-        exp_id = (
-            exp.experiment_id
-            if exp is not None
-            else client.create_experiment(
-                name, tags={TAG_SUITE_ID: suite.id, "mlflow.note.content": suite.description or suite.name}
-            )
-        )
+        tags = {
+            TAG_SUITE_ID: suite.id,
+            MLFLOW_EXPERIMENT_KIND: EXPERIMENT_KIND_ML,  # MLflow's UI opens it on its runs table
+            "mlflow.note.content": suite.description or suite.name,
+        }
+        exp_id = exp.experiment_id if exp is not None else client.create_experiment(name, tags=tags)
         found = client.search_runs([exp_id], f"tags.`{TAG_SUITE_ID}` = '{suite.id}'", max_results=1)
         if found:
             run_id = found[0].info.run_id

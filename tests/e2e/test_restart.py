@@ -5,12 +5,6 @@ here (the API suite runs on both)."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,71 +14,14 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from service.server import free_port
+from tests.e2e.proc import Service, service_env
 
 pytestmark = pytest.mark.slow
-DAB = Path(sys.executable).with_name("dab")
-
-
-def _kill_head(state_dir: Path) -> None:
-    """SIGKILL the embedded head's process group (it leads a session of its own)."""
-    with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-        pid = json.loads((state_dir / "ray" / "head.json").read_text())["pid"]
-        os.killpg(pid, signal.SIGKILL)
-
-
-class Service:
-    def __init__(self, state_dir: Path, env: dict[str, str]) -> None:
-        self.state_dir = state_dir
-        self.env = env
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = open(self.state_dir.parent / f"serve-{time.time():.0f}.log", "ab")
-        self.proc = subprocess.Popen(
-            [str(DAB), "serve", "--port", str(self.port), "--log-level", "warning"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "dab serve exited"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/healthz", timeout=3).json()["status"] == "ok":
-                    return
-            time.sleep(0.5)
-        raise TimeoutError("dab serve did not become healthy")
-
-    def sigkill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(90)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        _kill_head(self.state_dir)
 
 
 @pytest.fixture
 def service(tmp_path: Path, pg_url: str) -> Iterator[Service]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAB_", "RAY_"))}
-    env.update(
-        DAB_STATE_DIR=str(tmp_path / "state"),
-        DAB_DATABASE_URL=pg_url,
-        DAB_POLL_INTERVAL_S="0.5",
-        DAB_RAY_NUM_CPUS="2",
-    )
-    svc = Service(tmp_path / "state", env)
+    svc = Service(tmp_path / "state", service_env(tmp_path / "state", DAB_DATABASE_URL=pg_url))
     try:
         yield svc
     finally:
@@ -108,12 +45,7 @@ def test_sigkill_mid_sweep_then_restart_finishes_without_duplicates(service: Ser
         pytest.fail(f"no trial reached step 50 in 800 polls: {s}")
     assert s["counts"]["finished"] < 4
 
-    service.sigkill()
-    _kill_head(service.state_dir)  # the whole embedded stack is gone
-    time.sleep(1)
-    service.port = free_port()
-    service.url = f"http://127.0.0.1:{service.port}"
-    service.start()
+    service.restart()  # SIGKILL: the whole embedded stack is gone, then started again
     http = httpx.Client(base_url=service.url, timeout=60)
     for _ in range(600):  # polls, 0.5 s apart
         s = http.get(f"/v1/sweeps/{sid}").json()
