@@ -1,7 +1,7 @@
 """Suites, the queue and shared trials over real HTTP, without Ray: a fake jobs client says what
 Ray would say of each driver job, and the test writes ``status.json`` as a driver would.
 
-The real thing (drivers, Ray, MLflow) runs in tests/e2e/test_suites.py.
+The real thing (drivers, Ray, MLflow) runs in tests/e2e/test_suite_run.py.
 """
 
 from __future__ import annotations
