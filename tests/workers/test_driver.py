@@ -105,6 +105,8 @@ def test_four_trial_sweep_makes_one_parent_and_four_finished_children(
         "failed": 0,
         "killed": 0,
         "skipped": 0,
+        "adopted": 0,
+        "waiting": 0,
     }
     for trial in trials:
         entry = status["trials"][trial.trial_key]

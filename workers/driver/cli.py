@@ -139,9 +139,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    shared = (
+        f"adopted {len(outcome.adopted)}, waiting {len(outcome.waiting)}, "
+        if outcome.adopted or outcome.waiting
+        else ""
+    )
     print(
         f"sweep {outcome.sweep_id}: {outcome.state}; ran {len(outcome.ran)}, skipped {len(outcome.skipped)}, "
-        f"adopted {len(outcome.adopted)}, waiting {len(outcome.waiting)}, finished {len(outcome.finished)}, failed {len(outcome.failed)}, killed {len(outcome.killed)} "
+        f"{shared}finished {len(outcome.finished)}, failed {len(outcome.failed)}, killed {len(outcome.killed)} "
         f"({outcome.seconds:.1f} s)",
         flush=True,
     )
