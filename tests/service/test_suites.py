@@ -161,6 +161,9 @@ def test_a_suite_queues_beyond_the_limit_shares_a_trial_once_and_ends(serve: Any
     _driver_ends(api, jobs, b, "finished", {key_ab: "adopted"})
     _driver_ends(api, jobs, c, "finished", {})
     manager.reconcile_all()
+    # a preview of b again: every trial is done in this service, nothing would run
+    pre = api.http.post("/v1/sweeps/preview", json=_trio()["members"][1]["spec"]).json()["total"]
+    assert (pre["distinct_trials"], pre["already_finished"], pre["to_run"]) == (2, 2, 0)
     suite = api.http.get(f"/v1/suites/{suite['id']}").json()
     assert suite["state"] == "finished" and suite["progress"] == 1.0
     assert suite["counts"]["finished"] == 5 and suite["counts"]["adopted"] == 1

@@ -163,8 +163,12 @@ def parse_suite(
         if not isinstance(m, Mapping) or set(m) != {"file", "spec"}:
             got = sorted(m) if isinstance(m, Mapping) else type(m).__name__
             raise fail(("members", i), f"each member is {{file, spec}}; got {got}")
-        if not isinstance(m["file"], str):
-            raise fail(("members", i, "file"), "a file name (string) is required")
+        if not isinstance(m["file"], str) or not m["file"].strip():
+            raise fail(("members", i, "file"), "a file name (a non-empty string) is required")
+        if m["file"] in files:
+            raise fail(
+                ("members", i, "file"), f"{m['file']!r} is listed twice (also at [{files.index(m['file'])}])"
+            )
         if not isinstance(m["spec"], Mapping):
             raise fail(("members", i, "spec"), "a sweep spec (a mapping) is required")
         try:

@@ -89,10 +89,14 @@ async def submit_sweep(
 
 @router.post("/preview", openapi_extra=_SPEC_BODY)
 async def preview_sweep(request: Request, state: StateDep) -> dict[str, Any]:
-    """What the spec expands to, without running it: trials, cells, replicates, resources."""
+    """What the spec expands to, without running it: trials, cells, replicates, resources, and
+    how many of its trials this service has finished already (they would be adopted)."""
     body = await _body(request)
     checked = await run_in_threadpool(check_spec, body, request.headers.get("content-type"), state.settings)
     summary = await run_in_threadpool(preview_spec, checked.spec)
+    done = await run_in_threadpool(state.manager.finished_elsewhere, [t.trial_key for t in checked.trials])
+    summary["total"]["already_finished"] = done
+    summary["total"]["to_run"] = summary["total"]["distinct_trials"] - done
     summary["limits"]["max_trials_per_sweep"] = state.settings.max_trials_per_sweep
     return summary
 

@@ -234,3 +234,29 @@ def test_one_size_check_for_text_files_and_mappings(tmp_path: Path, monkeypatch:
     path.write_text("name: x\nexperiment: sorting\n")
     load_spec(path)
     assert sizes == [path.stat().st_size] * 2  # the file's size before reading, then the text's
+
+
+def test_a_suite_with_its_members_inline() -> None:
+    """`parse_suite`: the REST form of a suite; its round trip from a suite file; every mistake
+    names the member field."""
+    from workers.spec import SpecError, count_trials, load_spec, parse_suite, suite_document
+
+    paper = load_spec(ROOT / "configs" / "paper.yaml")
+    doc = suite_document(paper)  # type: ignore[arg-type]
+    again = parse_suite(doc)
+    assert [f for f, _ in again.specs] == [f for f, _ in paper.specs]  # type: ignore[union-attr]
+    assert sum(count_trials(s) for _, s in again.specs) == 670
+    spec = {"name": "t", "experiment": "sorting", "params": {"steps": 10}}
+
+    def error(d: dict[str, object]) -> SpecError:
+        with pytest.raises(SpecError) as e:
+            parse_suite(d)
+        return e.value
+
+    assert error({"name": "x", "members": [{"file": "a", "spec": spec}] * 2}).path == "members[1].file"
+    assert error({"name": "x", "members": [{"file": "", "spec": spec}]}).path == "members[0].file"
+    bad = {**spec, "replicates": 0}
+    e = error({"name": "x", "members": [{"file": "a", "spec": spec}, {"file": "b", "spec": bad}]})
+    assert e.path == "members[1].spec.replicates"
+    assert error({"name": "x", "include": ["a.yaml"]}).path == "include"  # paths are not readable here
+    assert error({"name": "x", "members": []}).path == "members"
