@@ -565,7 +565,7 @@ class SweepManager:
             if parent and parent != sweep.parent_run_id:
                 changed["parent_run_id"] = parent
         counts = fields.get("counts") or sweep.counts or {}
-        done = int(counts.get("finished", 0)) + int(counts.get("skipped", 0))
+        done = sum(int(counts.get(k, 0)) for k in ("finished", "skipped", "adopted"))
         exp_id = changed.get("mlflow_experiment_id") or sweep.mlflow_experiment_id
         if exp_id and sweep.results_runs != done:  # a trial finished: its run joins the results
             try:
