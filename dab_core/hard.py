@@ -13,7 +13,8 @@ signum     NaN -> NaN; +-Inf -> +-1 (they are beyond any margin).
 binary     the whole sample is NaN if its mean is NaN (a NaN, or both +Inf and -Inf);
            with only +Inf present the mean is +Inf and exactly the +Inf entries are 1.
 sort       NaN sorts as larger than +Inf (torch.sort's order); +-Inf sort as numbers.
-sort_rowcol, topk   as sort, along each row and each column.
+sort_rowcol, topk   as sort, along each row and each column (topk reading 'largest': NaN
+           counts as the largest value).
 kmeans     a sample with any NaN or +-Inf gives an all-NaN sample (centroids undefined).
 bernoulli  NaN -> NaN; +Inf -> 1, -Inf -> 0 (sigmoid's limits).
 ========== ==========================================================================
@@ -102,6 +103,15 @@ class HardFunctionDef:
                 param=unknown[0],
                 accepted=accepted,
             )
+        for key, value in params.items():
+            kind = _kind(self.defaults[key])
+            if kind is not None and _kind(value) != kind:
+                raise HardParamTypeError(
+                    f"hard function {self.name!r}: parameter {key!r} is a {kind}, got {value!r}",
+                    function=self.name,
+                    param=key,
+                    accepted=accepted,
+                )
         merged = {**self.defaults, **params}
         missing = sorted(k for k, v in merged.items() if v is inspect.Parameter.empty)
         if missing:
@@ -112,6 +122,18 @@ class HardFunctionDef:
                 accepted=accepted,
             )
         return BoundHardFunction(self, merged)
+
+
+def _kind(value: Any) -> str | None:
+    """A parameter's kind as its default declares it: what a given value must match, so that
+    a config's string where a number belongs is refused naming the parameter."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return None
 
 
 @dataclass(frozen=True)
@@ -252,11 +274,27 @@ def sort_rowcol(x: torch.Tensor, descending: bool = False) -> torch.Tensor:
     return torch.cat([rows.flatten(1), cols.flatten(1)], dim=1)
 
 
-def _topk_shape(in_shape: Shape, k: int, descending: bool = True) -> Shape:
-    total = _rowcol_shape(in_shape)[0]
+TOPK_READINGS = ("rowcol", "largest")
+
+
+def _topk_shape(in_shape: Shape, k: int, descending: bool = True, reading: str = "rowcol") -> Shape:
+    if reading not in TOPK_READINGS:
+        raise HardParamValueError(
+            f"topk: reading must be one of {', '.join(TOPK_READINGS)}, got {reading!r}",
+            function="topk",
+            param="reading",
+        )
+    if reading == "largest" and not descending:
+        raise HardParamValueError(
+            "topk: reading 'largest' takes the k largest values; descending applies to 'rowcol' only",
+            function="topk",
+            param="descending",
+        )
+    total = _rowcol_shape(in_shape)[0] if reading == "rowcol" else math.prod(in_shape)
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= total:
         raise HardParamValueError(
-            f"topk: k must be an integer in [1, {total}] for feature shape {in_shape}, got {k!r}",
+            f"topk: k must be an integer in [1, {total}] for feature shape {in_shape} "
+            f"(reading {reading!r}), got {k!r}",
             function="topk",
             param="k",
         )
@@ -264,12 +302,23 @@ def _topk_shape(in_shape: Shape, k: int, descending: bool = True) -> Shape:
 
 
 @hard_functions.register("topk", out_shape=_topk_shape)
-def topk(x: torch.Tensor, k: int, descending: bool = True) -> torch.Tensor:
-    """The first k entries of sort_rowcol (paper, Table 2: "(sort-row(x) ⊕ sort-col(x))[0:k]").
+def topk(x: torch.Tensor, k: int, descending: bool = True, reading: str = "rowcol") -> torch.Tensor:
+    """Top-k of a sample, in one of two readings of the paper's Table 2 row
+    "(sort-row(x) ⊕ sort-col(x))[0:k]":
 
-    Sorted descending by default so that "first k" are the largest of each sorted row, which is
-    what the name promises; the paper does not say.
+    * ``rowcol`` (the default, the formula as written): the first k entries of `sort_rowcol`,
+      sorted descending by default so that they are the largest of each sorted row. On a
+      (C, H, W) map with k <= C*H*W this is the row-sorted values of the first channels only:
+      on Table 2's 512x4x4 map, ``k: 512`` keeps channels 0-31 and no column sort at all.
+    * ``largest``: the k largest values of the whole sample, in descending order
+      (``x.flatten(1).topk(k)``): what a reader means by "Topk", and what every channel can reach.
+      NaN counts as larger than every number (torch.topk's order).
+
+    The default stays ``rowcol`` so that a config written before ``reading`` existed keeps its
+    meaning (and its trial key); `configs/table2_cifar10.yaml` chooses ``largest`` and says why.
     """
+    if reading == "largest":
+        return x.flatten(1).topk(k, dim=1).values
     return sort_rowcol(x, descending=descending)[:, :k]
 
 

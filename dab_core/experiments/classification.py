@@ -105,7 +105,7 @@ class ClassificationConfig(TrialConfig):
         None, ge=8, le=1024, description="side of the fake images (fake only; default 32)"
     )
     hard: HardName = Field("signum", description="hard function in the bridge (registry name)")
-    hard_params: dict[str, float | int | bool] = Field(default_factory=dict)
+    hard_params: dict[str, float | int | bool | str] = Field(default_factory=dict)
     estimator: Estimator = Field(
         "dab", description="dab, ste, or a plain baseline (identity = Table 2 'Baseline')"
     )

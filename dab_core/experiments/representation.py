@@ -161,7 +161,7 @@ class RepresentationConfig(TrialConfig):
     # More images than a batch of CIFAR-10's 50,000 is the whole dataset (the paper's: 128, 1024).
     batch_size: int | None = Field(None, ge=1, le=65_536)
     gamma: float | None = Field(None, ge=0, description="DAB loss weight (dab-* variants)")
-    hard_params: dict[str, float | int | bool] = Field(
+    hard_params: dict[str, float | int | bool | str] = Field(
         default_factory=dict, description="parameters of the hard function (dab-* only), e.g. {eps: 0.5}"
     )
     dab_loss: DabLossName = "l2"

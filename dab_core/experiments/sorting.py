@@ -61,7 +61,7 @@ class SortingConfig(TrialConfig):
     seq_len: int = Field(ge=2, le=100, description="T, the sequence length")
     ponder_steps: int = Field(0, ge=0, le=64, description="extra LSTM steps (signum-rnn only)")
     hard: HardName = Field("signum", description="hard function in the bridge (registry name)")
-    hard_params: dict[str, float | int | bool] = Field(
+    hard_params: dict[str, float | int | bool | str] = Field(
         default_factory=dict, description="parameters of the hard function, e.g. {eps: 0.5}"
     )
     estimator: Estimator | None = Field(

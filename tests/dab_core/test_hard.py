@@ -172,6 +172,29 @@ def test_topk_is_the_first_k_of_sort_rowcol() -> None:
     assert torch.equal(asc(x), hard_functions.get("sort_rowcol")(x)[:, :4])
 
 
+def test_topk_largest_reads_every_channel() -> None:
+    """Table 2's map: k = 512 of a 512x4x4 map. The literal reading keeps channels 0-31's rows;
+    the k-largest reading takes the largest values wherever they are."""
+    torch.manual_seed(5)
+    x = torch.randn(2, 512, 4, 4)
+    x[:, 511] += 100.0  # the last channel holds the 16 largest values of each sample
+    largest = hard_functions.get("topk", k=512, reading="largest")
+    out = largest(x)
+    assert largest.out_shape((512, 4, 4)) == (512,) and out.shape == (2, 512)
+    expected = x.flatten(1).sort(dim=1, descending=True).values[:, :512]
+    assert torch.equal(out, expected)
+    assert (out[:, :16] > 50).all()  # channel 511 reached the classifier
+    literal = hard_functions.get("topk", k=512)(x)
+    rows = x.sort(dim=-1, descending=True).values.flatten(1)[:, :512]
+    assert torch.equal(literal, rows) and not (literal > 50).any()  # only channels 0-31's rows
+    with pytest.raises(ValueError, match=r"reading must be one of rowcol, largest"):
+        hard_functions.get("topk", k=2, reading="biggest").out_shape((2, 3, 3))
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 18\].*'largest'"):
+        hard_functions.get("topk", k=19, reading="largest").out_shape((2, 3, 3))
+    with pytest.raises(ValueError, match="descending applies to 'rowcol' only"):
+        hard_functions.get("topk", k=2, reading="largest", descending=False).out_shape((2, 3, 3))
+
+
 @pytest.mark.parametrize("k", [0, 37, 2.5, True])
 def test_topk_bad_k(k: object) -> None:
     with pytest.raises(ValueError, match=r"topk: k must be an integer in \[1, 36\]"):

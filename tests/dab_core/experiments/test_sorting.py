@@ -58,7 +58,11 @@ def test_family_is_registered_with_its_config() -> None:
         ({"model": "elu-dense", "estimator": "dab"}, None, "model 'elu-dense' is the baseline"),
         ({"train_size": 100}, None, r"train_size \(100\) must be 0 or at least batch_size \(1024\)"),
         ({"hard": "sort_rowcol"}, None, "sort_rowcol needs at least 2 feature dimensions"),
-        ({"hard": "topk", "hard_params": {"k": 8}}, None, r"hard topk\(k=8, descending=True\) at the bridge"),
+        (
+            {"hard": "topk", "hard_params": {"k": 8}},
+            None,
+            r"hard topk\(k=8, descending=True, reading='rowcol'\) at the bridge",
+        ),
         ({"hard_params": {"epsilon": 0.1}}, "hard_params", "unknown parameter 'epsilon'; accepts: eps"),
         ({"learning_rate": 0.1}, "learning_rate", "Extra inputs are not permitted"),
         ({"dense_hidden": [16, 0]}, "dense_hidden", "layer sizes must be integers >= 1"),
