@@ -16,6 +16,13 @@ Shape = tuple[int, ...]
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "elu": nn.ELU, "relu": nn.ReLU}
 
 
+def activation(name: str) -> nn.Module:
+    """The activation layer `name` names: the one map every family and approximator uses."""
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; known: {', '.join(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]()
+
+
 def mlp(sizes: Sequence[int], activation: str = "tanh") -> nn.Sequential:
     """Linear layers of the given sizes with `activation` between them (none after the last)."""
     if activation not in _ACTIVATIONS:
@@ -67,4 +74,26 @@ class ElementwiseApproximator(nn.Module):
         return self.net(x.reshape(-1, 1)).view_as(x)
 
 
-__all__ = ["DenseApproximator", "ElementwiseApproximator", "mlp"]
+class ConvApproximator(nn.Module):
+    """Shape-preserving approximator for feature maps: 3x3 convs with tanh, then a 1x1 conv.
+
+    Its size grows with the channel count only, not with the map's area; its receptive field is
+    local (2 + number of hidden layers pixels), which suits local functions (signum, kmeans
+    quantisation) and not global ones (a flattened sort).
+    """
+
+    def __init__(self, channels: int, hidden: Sequence[int] = (64,)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = channels
+        for h in hidden:
+            layers += [nn.Conv2d(cin, h, 3, 1, 1), nn.Tanh()]
+            cin = h
+        layers.append(nn.Conv2d(cin, channels, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+__all__ = ["ConvApproximator", "DenseApproximator", "ElementwiseApproximator", "activation", "mlp"]

@@ -14,7 +14,6 @@ sampler is the same function of (seed, step) and can start at any step.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -25,14 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dab_core.approximators import ConvApproximator
+from dab_core.experiments._bridge import activation_module, stable_seed
+
 NUM_CLASSES = {"cifar10": 10, "fashion_mnist": 10, "imagenet": 1000, "fake": 10}
 NATIVE_SHAPE = {"cifar10": (3, 32, 32), "fashion_mnist": (1, 28, 28)}
-
-
-def stable_seed(*parts: int) -> int:
-    """A 63-bit seed from integers, stable across processes and machines."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 def resolve_data_root(data_root: str | None) -> Path:
@@ -310,14 +306,6 @@ def random_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> tor
 # -- networks ------------------------------------------------------------------------------------
 
 
-def activation_module(name: str) -> nn.Module:
-    if name == "elu":
-        return nn.ELU()
-    if name == "relu":
-        return nn.ReLU()
-    raise ValueError(f"unknown activation {name!r}; known: elu, relu")
-
-
 class BasicBlock(nn.Module):
     """The ResNet18 residual block: two 3x3 convs with batchnorm, identity or 1x1 shortcut."""
 
@@ -357,28 +345,6 @@ def resnet18_stages(width: int, activation: str) -> nn.ModuleList:
 def conv_out(side: int, stride: int) -> int:
     """Output side of a 3x3 convolution with padding 1 (or a k=3,s=2,p=1 max pool)."""
     return (side - 1) // stride + 1
-
-
-class ConvApproximator(nn.Module):
-    """Shape-preserving approximator for feature maps: 3x3 convs with tanh, then a 1x1 conv.
-
-    Its size grows with the channel count only, not with the map's area; its receptive field is
-    local (2 + number of hidden layers pixels), which suits local functions (signum, kmeans
-    quantisation) and not global ones (a flattened sort).
-    """
-
-    def __init__(self, channels: int, hidden: Sequence[int] = (64,)) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        cin = channels
-        for h in hidden:
-            layers += [nn.Conv2d(cin, h, 3, 1, 1), nn.Tanh()]
-            cin = h
-        layers.append(nn.Conv2d(cin, channels, 1))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
 
 def make_optimizer(name: str, params: object, lr: float, weight_decay: float) -> torch.optim.Optimizer:

@@ -60,12 +60,11 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from dab_core.approximators import DenseApproximator, ElementwiseApproximator
-from dab_core.bridge import DAB, DabLossName, Estimator, dab_loss_of
-from dab_core.config import ConfigError, HardName, LayerSizes, TrialConfig
+from dab_core.bridge import DAB, Estimator, dab_loss_of
+from dab_core.config import ConfigError, HardName, LayerSizes
 from dab_core.experiments import ExperimentFamily, experiments
+from dab_core.experiments._bridge import BridgeFields, bind_hard, bridge_out_shape, build_bridge
 from dab_core.experiments._images import (
-    ConvApproximator,
     TensorImages,
     TrainBatches,
     activation_module,
@@ -79,7 +78,7 @@ from dab_core.experiments._images import (
     resolve_data_root,
     stable_seed,
 )
-from dab_core.hard import BoundHardFunction, hard_functions
+from dab_core.hard import BoundHardFunction
 from dab_core.metrics import Metric, MetricSet
 from dab_core.plots import bar_png
 from dab_core.training import Stateful, Task
@@ -90,7 +89,7 @@ _FAKE_TRAIN, _FAKE_TEST = 2048, 512
 _AUGMENT = 0xA06
 
 
-class ClassificationConfig(TrialConfig):
+class ClassificationConfig(BridgeFields):
     """One classification trial. Defaults: the paper's appendix 7.2 (Classification column)."""
 
     experiment: Literal["classification"] = "classification"
@@ -105,14 +104,11 @@ class ClassificationConfig(TrialConfig):
         None, ge=8, le=1024, description="side of the fake images (fake only; default 32)"
     )
     hard: HardName = Field("signum", description="hard function in the bridge (registry name)")
-    hard_params: dict[str, float | int | bool | str] = Field(default_factory=dict)
     estimator: Estimator = Field(
         "dab", description="dab, ste, or a plain baseline (identity = Table 2 'Baseline')"
     )
     placement: int = Field(4, ge=1, le=4, description="the bridge sits at the output of residual stage 1..4")
     gamma: float = Field(10.0, ge=0, description="DAB loss weight")
-    dab_loss: DabLossName = "l2"
-    dab_loss_to_input: bool = False
     approximator: ApproximatorKind = Field(
         "auto", description="auto: elementwise for element-wise functions, else dense"
     )
@@ -185,11 +181,8 @@ class ClassificationConfig(TrialConfig):
         return self
 
     def bound_hard(self) -> BoundHardFunction:
-        """The hard function with its parameters (ValueError naming hard_params when they are wrong)."""
-        try:
-            return hard_functions.get(self.hard, **self.hard_params)
-        except TypeError as e:
-            raise ConfigError.of_hard_params(e, "hard_params: ") from None
+        """The hard function with its parameters (a ConfigError naming hard_params when wrong)."""
+        return bind_hard(self.hard, self.hard_params)
 
     @property
     def image_side(self) -> int:
@@ -208,15 +201,8 @@ class ClassificationConfig(TrialConfig):
         """Per-sample shape after the bridge (the feature map itself for plain baselines)."""
         if self.estimator not in _HARD_ESTIMATORS:
             return self.bridge_shape
-        hard = self.bound_hard()
-        try:
-            return hard.out_shape(self.bridge_shape)
-        except ValueError as e:
-            param = getattr(e, "param", None)
-            raise ConfigError(
-                f"hard_params: {e} (feature map {self.bridge_shape} at placement {self.placement})",
-                ("hard_params", param) if param else ("hard_params",),
-            ) from None
+        where = f"feature map {self.bridge_shape} at placement {self.placement}"
+        return bridge_out_shape(self.bound_hard(), self.bridge_shape, where)
 
     @property
     def resolved_train_size(self) -> int | None:
@@ -229,29 +215,14 @@ class ClassificationConfig(TrialConfig):
 
 def make_bridge(cfg: ClassificationConfig) -> DAB:
     """The DAB bridge for the feature map at `cfg.placement`, with the approximator the config picks."""
-    shape, out = cfg.bridge_shape, cfg.bridge_out_shape
-    approximator: nn.Module | None = None
-    if cfg.estimator == "dab":
-        hard = cfg.bound_hard()
-        kind = cfg.approximator
-        if kind == "auto":
-            kind = "elementwise" if hard.elementwise and out == shape else "dense"
-        hidden = cfg.approximator_hidden  # None: each kind's default size
-        if kind == "elementwise":
-            approximator = ElementwiseApproximator((16, 16) if hidden is None else hidden)
-        elif kind == "conv":
-            approximator = ConvApproximator(shape[0], (64,) if hidden is None else hidden)
-        else:
-            approximator = DenseApproximator(shape, out, (128, 128) if hidden is None else hidden)
-    return DAB(
-        cfg.hard,
-        approximator,
-        gamma=cfg.gamma,
+    return build_bridge(
+        cfg.bound_hard(),
+        cfg,
+        in_shape=cfg.bridge_shape,
         estimator=cfg.estimator,
-        in_shape=shape,
-        dab_loss=cfg.dab_loss,
-        dab_loss_to_input=cfg.dab_loss_to_input,
-        hard_params=dict(cfg.hard_params),
+        gamma=cfg.gamma,
+        approximator=cfg.approximator,
+        approximator_hidden=cfg.approximator_hidden,
     )
 
 

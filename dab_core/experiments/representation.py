@@ -72,10 +72,10 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from dab_core.approximators import DenseApproximator, ElementwiseApproximator
-from dab_core.bridge import DAB, DabLossName
-from dab_core.config import MAX_WIDTH, ConfigError, LayerSizes, TrialConfig
+from dab_core.bridge import DAB
+from dab_core.config import MAX_WIDTH, ConfigError, LayerSizes
 from dab_core.experiments import ExperimentFamily, experiments
+from dab_core.experiments._bridge import BridgeFields, bind_hard, bridge_out_shape, build_bridge
 from dab_core.experiments._images import (
     NATIVE_SHAPE,
     ImageSplit,
@@ -93,7 +93,6 @@ from dab_core.experiments._images import (
     resolve_data_root,
     stable_seed,
 )
-from dab_core.hard import hard_functions
 from dab_core.metrics import Metric, MetricSet
 from dab_core.plots import image_rows_png
 from dab_core.training import Stateful, Task
@@ -130,7 +129,7 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 _EVAL, _PROBE = 0xE7A1, 0x960B
 
 
-class RepresentationConfig(TrialConfig):
+class RepresentationConfig(BridgeFields):
     """One representation-learning trial. Fields left out or null take the dataset's defaults
     (`DATASET_DEFAULTS`, from the paper's appendix 7.2); after validation they hold values."""
 
@@ -161,11 +160,6 @@ class RepresentationConfig(TrialConfig):
     # More images than a batch of CIFAR-10's 50,000 is the whole dataset (the paper's: 128, 1024).
     batch_size: int | None = Field(None, ge=1, le=65_536)
     gamma: float | None = Field(None, ge=0, description="DAB loss weight (dab-* variants)")
-    hard_params: dict[str, float | int | bool | str] = Field(
-        default_factory=dict, description="parameters of the hard function (dab-* only), e.g. {eps: 0.5}"
-    )
-    dab_loss: DabLossName = "l2"
-    dab_loss_to_input: bool = False
     approximator: Literal["auto", "elementwise", "dense"] = Field(
         "auto", description="auto: elementwise for bernoulli/signum, dense for binary"
     )
@@ -244,11 +238,8 @@ class RepresentationConfig(TrialConfig):
                 "variant",
             )
         if self.variant in HARD_OF_VARIANT:
-            try:
-                hard = hard_functions.get(HARD_OF_VARIANT[self.variant], **self.hard_params)
-                hard.out_shape((self.latent_units,))
-            except (TypeError, ValueError) as e:
-                raise ConfigError.of_hard_params(e, "hard_params: ") from None
+            hard = bind_hard(HARD_OF_VARIANT[self.variant], self.hard_params)
+            bridge_out_shape(hard, (self.latent_units,), f"the latent of {self.latent_units} units")
         elif self.hard_params:
             raise ConfigError(
                 f"hard_params applies to the dab-* variants only, not {self.variant!r}",
@@ -449,29 +440,15 @@ def build_networks(cfg: RepresentationConfig) -> tuple[nn.Module, nn.Module]:
 
 def make_bridge(cfg: RepresentationConfig) -> DAB:
     """The DAB bridge of a dab-* variant over the (units,) latent."""
-    hard = hard_functions.get(HARD_OF_VARIANT[cfg.variant], **cfg.hard_params)
-    units = cfg.latent_units
-    kind = cfg.approximator
-    if kind == "auto":
-        kind = "elementwise" if hard.elementwise else "dense"
-    approximator: nn.Module
-    if kind == "elementwise":
-        approximator = ElementwiseApproximator(
-            (16, 16) if cfg.approximator_hidden is None else cfg.approximator_hidden
-        )
-    else:
-        approximator = DenseApproximator(
-            (units,), (units,), (128, 128) if cfg.approximator_hidden is None else cfg.approximator_hidden
-        )
     assert cfg.gamma is not None
-    return DAB(
-        hard,
-        approximator,
-        gamma=cfg.gamma,
+    return build_bridge(
+        bind_hard(HARD_OF_VARIANT[cfg.variant], cfg.hard_params),
+        cfg,
+        in_shape=(cfg.latent_units,),
         estimator="dab",
-        in_shape=(units,),
-        dab_loss=cfg.dab_loss,
-        dab_loss_to_input=cfg.dab_loss_to_input,
+        gamma=cfg.gamma,
+        approximator=cfg.approximator,
+        approximator_hidden=cfg.approximator_hidden,
     )
 
 

@@ -28,23 +28,29 @@ Choices the paper leaves open, and why (also in docs/sorting.md):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
 from dab_core.approximators import mlp
-from dab_core.bridge import DAB, DabLossName, Estimator
-from dab_core.config import MAX_WIDTH, ConfigError, HardName, LayerSizes, TrialConfig
+from dab_core.bridge import DAB, Estimator
+from dab_core.config import MAX_WIDTH, ConfigError, HardName, LayerSizes
 from dab_core.experiments import ExperimentFamily, experiments
-from dab_core.hard import hard_functions
+from dab_core.experiments._bridge import (
+    BridgeFields,
+    activation_module,
+    bind_hard,
+    bridge_out_shape,
+    build_bridge,
+    stable_seed,
+)
 from dab_core.metrics import Metric, MetricSet
 from dab_core.plots import bar_png
 from dab_core.training import Stateful, Task
@@ -53,7 +59,7 @@ SortingModel = Literal["elu-dense", "signum-dense", "signum-rnn"]
 _BASELINE_ESTIMATORS = ("elu", "tanh", "identity")
 
 
-class SortingConfig(TrialConfig):
+class SortingConfig(BridgeFields):
     """One sorting trial. Defaults are the paper's appendix 7.2 (Sorting column)."""
 
     experiment: Literal["sorting"] = "sorting"
@@ -61,9 +67,6 @@ class SortingConfig(TrialConfig):
     seq_len: int = Field(ge=2, le=100, description="T, the sequence length")
     ponder_steps: int = Field(0, ge=0, le=64, description="extra LSTM steps (signum-rnn only)")
     hard: HardName = Field("signum", description="hard function in the bridge (registry name)")
-    hard_params: dict[str, float | int | bool | str] = Field(
-        default_factory=dict, description="parameters of the hard function, e.g. {eps: 0.5}"
-    )
     estimator: Estimator | None = Field(
         None, description="dab, ste, elu, tanh or identity (default: dab; identity for elu-dense)"
     )
@@ -71,8 +74,6 @@ class SortingConfig(TrialConfig):
         None, description="hidden activation (default: tanh; elu for elu-dense)"
     )
     gamma: float = Field(10.0, ge=0, description="DAB loss weight")
-    dab_loss: DabLossName = "l2"
-    dab_loss_to_input: bool = False
     # 1024 times the paper's 1024: at T=100 one batch's T*T logits alone are 42 GB.
     batch_size: int = Field(1024, ge=1, le=2**20)
     lr: float = Field(1e-4, gt=0)
@@ -90,18 +91,9 @@ class SortingConfig(TrialConfig):
     approximator_hidden: LayerSizes = Field((128, 128))
     rnn_hidden: int = Field(256, ge=1, le=MAX_WIDTH)  # see MAX_WIDTH (the paper's: 256)
 
-    @field_validator("hard_params")
-    @classmethod
-    def _hard_accepts_params(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        if "hard" in info.data:  # else the hard name itself was wrong, and says so
-            try:
-                hard_functions.get(info.data["hard"], **params)
-            except TypeError as e:
-                raise ConfigError.of_hard_params(e) from None
-        return params
-
     @model_validator(mode="after")
     def _consistent(self) -> SortingConfig:
+        hard = bind_hard(self.hard, self.hard_params)  # bound even where a baseline replaces it
         if self.ponder_steps and self.model != "signum-rnn":
             raise ConfigError(
                 f"ponder_steps applies to model 'signum-rnn' only, not {self.model!r}",
@@ -122,13 +114,9 @@ class SortingConfig(TrialConfig):
                 "batch_size",
             )
         if self.resolved_estimator in ("dab", "ste"):
-            hard = hard_functions.get(self.hard, **self.hard_params)
             width = self.bridge_width
             where = f"hard {hard!r} at the bridge of {self.model} (feature shape ({width},))"
-            try:
-                out = hard.out_shape((width,))
-            except ValueError as e:
-                raise ConfigError(f"{where}: {e}", *_hard_fields(e)) from None
+            out = bridge_out_shape(hard, (width,), where)
             if self.resolved_estimator == "ste" and out != (width,):
                 raise ConfigError(
                     f"{where}: estimator 'ste' needs a shape-preserving hard function, got output {out}",
@@ -154,21 +142,15 @@ class SortingConfig(TrialConfig):
         return self.rnn_hidden if self.model == "signum-rnn" else self.dense_hidden[-1]
 
 
-def _hard_fields(e: Exception) -> tuple[tuple[str, ...], ...]:
-    """The fields a hard function's shape error is about: its parameter, else the function."""
-    param = getattr(e, "param", None)
-    return (("hard_params", param),) if param else (("hard",), ("hard_params",))
-
-
 def make_bridge(cfg: SortingConfig, width: int) -> DAB:
-    return DAB(
-        cfg.hard,
-        gamma=cfg.gamma,
-        estimator=cfg.resolved_estimator,  # type: ignore[arg-type]
+    """The bridge on the (width,) hidden vector: a dense approximator (the authors' model)."""
+    return build_bridge(
+        bind_hard(cfg.hard, cfg.hard_params),
+        cfg,
         in_shape=(width,),
-        dab_loss=cfg.dab_loss,
-        dab_loss_to_input=cfg.dab_loss_to_input,
-        hard_params=dict(cfg.hard_params),
+        estimator=cfg.resolved_estimator,
+        gamma=cfg.gamma,
+        approximator="dense",
         approximator_hidden=cfg.approximator_hidden,
     )
 
@@ -180,7 +162,7 @@ class DenseSorter(nn.Module):
         super().__init__()
         self.seq_len = seq_len
         self.body = mlp([seq_len, *hidden], activation)
-        self.act = nn.Tanh() if activation == "tanh" else nn.ELU()
+        self.act = activation_module(activation)
         self.bridge = bridge
         out = bridge.hard.out_shape((hidden[-1],))[0] if bridge.estimator in ("dab", "ste") else hidden[-1]
         self.head = nn.Linear(out, seq_len * seq_len)
@@ -226,12 +208,6 @@ class RNNSorter(nn.Module):
         return self.head(z).view(-1, self.seq_len, self.seq_len)
 
 
-def _seed(*parts: int) -> int:
-    """A 63-bit seed from integers, stable across processes and machines."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
-
 _TRAIN, _PERM, _FRESH, _TEST = 1, 2, 3, 4
 
 
@@ -254,12 +230,12 @@ class SortingTask(Task):
         self.gen = torch.Generator(device=device)
         self.train_x: torch.Tensor | None = None
         if cfg.train_size:
-            self.gen.manual_seed(_seed(cfg.seed, _TRAIN))
+            self.gen.manual_seed(stable_seed(cfg.seed, _TRAIN))
             self.train_x = torch.rand(cfg.train_size, cfg.seq_len, generator=self.gen, device=device)
         self._perm_epoch = -1
         self._perm = torch.empty(0, dtype=torch.long, device=device)
         # The test set depends on T only: every seed and model of one T sees the same sequences.
-        self.gen.manual_seed(_seed(cfg.seq_len, _TEST))
+        self.gen.manual_seed(stable_seed(cfg.seq_len, _TEST))
         self.test_x = torch.rand(cfg.test_size, cfg.seq_len, generator=self.gen, device=device)
         self.test_y = self.test_x.argsort(dim=1)
 
@@ -273,13 +249,13 @@ class SortingTask(Task):
         """The (inputs, labels) of `step`: a function of (seed, step) only."""
         cfg = self.config
         if self.train_x is None:
-            self.gen.manual_seed(_seed(cfg.seed, _FRESH, step))
+            self.gen.manual_seed(stable_seed(cfg.seed, _FRESH, step))
             x = torch.rand(cfg.batch_size, cfg.seq_len, generator=self.gen, device=self.device)
         else:
             per_epoch = cfg.train_size // cfg.batch_size  # the last partial batch is dropped
             epoch, i = divmod(step, per_epoch)
             if epoch != self._perm_epoch:
-                self.gen.manual_seed(_seed(cfg.seed, _PERM, epoch))
+                self.gen.manual_seed(stable_seed(cfg.seed, _PERM, epoch))
                 self._perm = torch.randperm(cfg.train_size, generator=self.gen, device=self.device)
                 self._perm_epoch = epoch
             x = self.train_x[self._perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]]
