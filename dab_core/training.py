@@ -56,6 +56,8 @@ class Task(abc.ABC):
         """Held-out metrics for the current parameters."""
 
     def samples_per_step(self) -> int:
+        """Training samples one step consumes; 0 for a task that trains nothing (then no
+        ``samples_per_s`` is reported: it would measure nothing)."""
         return 1
 
     def artifacts(self, out_dir: Path) -> None:  # noqa: B027 (optional hook, no-op by default)
@@ -187,12 +189,9 @@ def fit(task: Task, report: Report | None = None, checkpoint_dir: str | None = N
             continue
         train = {key: float(total) / count for key, total in sums.items()}
         now = time.perf_counter()
-        metrics = {
-            "step": float(done),
-            **train,
-            **task.evaluate(),
-            "samples_per_s": count * task.samples_per_step() / max(now - last_time, 1e-9),
-        }
+        metrics = {"step": float(done), **train, **task.evaluate()}
+        if task.samples_per_step():
+            metrics["samples_per_s"] = count * task.samples_per_step() / max(now - last_time, 1e-9)
         sums, count = {}, 0
         if report is not None:
             if done % cfg.checkpoint_interval == 0 or done == cfg.steps:

@@ -3,7 +3,7 @@ config and its task, and the helpers that parse a plain config dict."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +12,8 @@ from dab_core.metrics import MetricSet
 from dab_core.registry import Registry
 
 if TYPE_CHECKING:
+    import torch
+
     from dab_core.training import Task
 
 
@@ -20,14 +22,15 @@ class ExperimentFamily:
     """One kind of experiment.
 
     Call contract: ``task_cls(config, device)`` with ``config`` an instance of ``config_cls``
-    returns a `dab_core.training.Task`. ``metrics`` declares what its trials report (direction,
+    returns a `dab_core.training.Task` (a Task class, or a function that picks one: the
+    representation family's threshold baseline has a task of its own). ``metrics`` declares what its trials report (direction,
     unit, how tables read a trial) and the metric a sweep optimises by default
     (`dab_core.metrics`).
     """
 
     name: str
     config_cls: type[TrialConfig]
-    task_cls: type[Task]
+    task_cls: Callable[[Any, torch.device], Task]
     metrics: MetricSet
     description: str = ""
 

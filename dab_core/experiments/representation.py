@@ -529,27 +529,69 @@ def _load_splits(cfg: RepresentationConfig, device: torch.device) -> tuple[Image
     return train, test
 
 
-class RepresentationTask(Task):
+class _CodesTask(Task):
+    """What the trained variants and the threshold baseline share: the splits, the step count,
+    evaluation's own RNG, the linear probe and the reconstructions figure."""
+
     config: RepresentationConfig
 
     def __init__(self, config: RepresentationConfig, device: torch.device) -> None:  # type: ignore[override]
         super().__init__(config, device)
+        self.train, self.test = _load_splits(config, device)
+        self.progress = _Progress()
+
+    @contextmanager
+    def _eval_rng(self, salt: int) -> Iterator[None]:
+        """Evaluation samples from a generator seeded by (seed, salt); training's RNG is restored after."""
+        devices = [self.device.index or torch.cuda.current_device()] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(stable_seed(self.config.seed, salt))
+            yield
+
+    def _first_test_images(self, n: int) -> torch.Tensor:
+        for x, _ in self.test.batches(n):
+            return x.to(self.device).float()[:n] / 255
+        raise ValueError("the test split is empty")
+
+    def sample_images(self, n: int) -> torch.Tensor:
+        """The first `n` test images and their reconstructions: (2, n, C, H, W) in [0, 1]."""
+        raise NotImplementedError  # each variant reconstructs in its own way
+
+    def artifacts(self, out_dir: Path) -> None:
+        """Eight test images and their reconstructions (the paper's Figure 4, right)."""
+        image_rows_png(
+            out_dir / "reconstructions.png",
+            self.sample_images(8),
+            ["input", f"{self.config.variant}\nbpp {self.config.bpp:g}"],
+        )
+
+    def _probe_split(self) -> ImageSplit:
+        return self.train.subset(self.config.probe_train_size)
+
+    def _probe(
+        self, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor
+    ) -> float:
+        cfg = self.config
+        return linear_probe(
+            train_x, train_y, test_x, test_y, self.train.num_classes,
+            epochs=cfg.probe_epochs, lr=cfg.probe_lr, seed=stable_seed(cfg.seed, _PROBE),
+        )  # fmt: skip
+
+
+class RepresentationTask(_CodesTask):
+    """The trained variants: an autoencoder with a DAB-bridged hard latent, or a VAE."""
+
+    def __init__(self, config: RepresentationConfig, device: torch.device) -> None:  # type: ignore[override]
+        if config.variant == "threshold":
+            raise ValueError("variant 'threshold' trains nothing: its task is ThresholdTask (make_task)")
+        super().__init__(config, device)
         cfg = config
         assert cfg.batch_size is not None and cfg.optimizer is not None and cfg.lr is not None
-        self.train, self.test = _load_splits(cfg, device)
-        self.progress = _Progress()
-        self._threshold_cache: dict[str, float] | None = None  # threshold trains nothing: evaluate once
-        self.model: HardAutoencoder | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
-        if cfg.variant != "threshold":
-            self.batches = TrainBatches(self.train, cfg.batch_size, cfg.seed, device)
-            self.model = HardAutoencoder(cfg).to(device)
-            self.optimizer = make_optimizer(cfg.optimizer, self.model.parameters(), cfg.lr, 0.0)
+        self.batches = TrainBatches(self.train, cfg.batch_size, cfg.seed, device)
+        self.model = HardAutoencoder(cfg).to(device)
+        self.optimizer = make_optimizer(cfg.optimizer, self.model.parameters(), cfg.lr, 0.0)
 
     def state(self) -> Mapping[str, Stateful]:
-        if self.model is None:
-            return {"progress": self.progress}
-        assert self.optimizer is not None
         return {"model": self.model, "optimizer": self.optimizer, "progress": self.progress}
 
     def samples_per_step(self) -> int:
@@ -562,9 +604,6 @@ class RepresentationTask(Task):
 
     def train_step(self, step: int) -> dict[str, torch.Tensor]:
         self.progress.steps = step + 1
-        if self.model is None:  # threshold: nothing to train
-            return {}
-        assert self.optimizer is not None
         self.model.train()
         images, _ = self.batches(step)
         x = images.float() / 255  # (B, C, H, W) in [0, 1]
@@ -580,44 +619,13 @@ class RepresentationTask(Task):
             out["dab_loss" if self.model.bridge is not None else "train_kl"] = reg.detach()
         return out
 
-    @contextmanager
-    def _eval_rng(self, salt: int) -> Iterator[None]:
-        """Evaluation samples from a generator seeded by (seed, salt); training's RNG is restored after."""
-        devices = [self.device.index or torch.cuda.current_device()] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(stable_seed(self.config.seed, salt))
-            yield
-
-    # -- codes and reconstructions --------------------------------------------------------------
-
-    def _downsample(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.config.threshold_side
-        return F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
-
     def encode_codes(self, x: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] -> the hard codes the decoder sees at test time, (B, code_dim).
-
-        For threshold: the downsampled values (thresholding happens per tau)."""
-        if self.model is None:
-            return self._downsample(x).flatten(1)
+        """Images in [0, 1] -> the hard codes the decoder sees at test time, (B, code_dim)."""
         return self.model.code(self.model.encode(x))
-
-    def _threshold_recon(self, x: torch.Tensor, tau: float, levels: tuple[float, float]) -> torch.Tensor:
-        bits = self._downsample(x) >= tau
-        coarse = torch.where(bits, levels[1], levels[0]).to(x.dtype)
-        return F.interpolate(coarse, size=x.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
 
     @torch.no_grad()
     def sample_images(self, n: int) -> torch.Tensor:
-        """The first `n` test images and their reconstructions: (2, n, C, H, W) in [0, 1]."""
-        images = []
-        for x, _ in self.test.batches(n):
-            images.append(x.to(self.device).float() / 255)
-            break
-        x = images[0][:n]
-        if self.model is None:
-            tau, levels = self._threshold_fit()[:2]
-            return torch.stack([x, self._threshold_recon(x, tau, levels)])
+        x = self._first_test_images(n)
         self.model.eval()
         try:
             with self._eval_rng(_EVAL):
@@ -626,29 +634,80 @@ class RepresentationTask(Task):
             self.model.train()
         return torch.stack([x, recon])
 
-    def artifacts(self, out_dir: Path) -> None:
-        """Eight test images and their reconstructions (the paper's Figure 4, right)."""
-        image_rows_png(
-            out_dir / "reconstructions.png",
-            self.sample_images(8),
-            ["input", f"{self.config.variant}\nbpp {self.config.bpp:g}"],
-        )
-
-    # -- evaluation ----------------------------------------------------------------------------
-
-    def _probe_split(self) -> ImageSplit:
-        return self.train.subset(self.config.probe_train_size)
-
-    def _probe(
-        self, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor
-    ) -> float:
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
         cfg = self.config
-        return linear_probe(
-            train_x, train_y, test_x, test_y, self.train.num_classes,
-            epochs=cfg.probe_epochs, lr=cfg.probe_lr, seed=stable_seed(cfg.seed, _PROBE),
-        )  # fmt: skip
+        final = cfg.probe_every_eval or self.progress.steps >= cfg.steps
+        metrics: dict[str, float] = {}
+        self.model.eval()
+        zero = torch.zeros((), device=self.device)
+        ssim_sum, bce_sum, mse_sum = zero.clone(), zero.clone(), zero.clone()
+        codes, labels = [], []
+        try:
+            with self._eval_rng(_EVAL):
+                for images, y in self.test.batches(cfg.eval_batch_size):
+                    x = images.to(self.device).float() / 255
+                    code = self.encode_codes(x)
+                    logits = self.model.decoder(code)
+                    recon = torch.sigmoid(logits)
+                    bce = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+                    ssim_sum += ms_ssim(x, recon, data_range=1.0).sum()
+                    bce_sum += bce.flatten(1).sum(dim=1).sum()
+                    mse_sum += (recon - x).pow(2).flatten(1).mean(dim=1).sum()
+                    if final:
+                        codes.append(code)
+                        labels.append(y.to(self.device))
+                if final:
+                    train_codes, train_y = collect(
+                        self._probe_split(), cfg.eval_batch_size, self.device, self.encode_codes
+                    )
+                    metrics["test_linear_accuracy"] = self._probe(
+                        train_codes, train_y, torch.cat(codes), torch.cat(labels)
+                    )
+        finally:
+            self.model.train()
+        n = len(self.test)
+        metrics.update(
+            test_ms_ssim=float(ssim_sum) / n, test_recon_loss=float(bce_sum) / n, test_mse=float(mse_sum) / n
+        )
+        return metrics
 
-    def _threshold_fit(self) -> tuple[float, tuple[float, float], torch.Tensor, torch.Tensor]:
+
+class ThresholdTask(_CodesTask):
+    """The threshold baseline: no network. Bilinear downsampling to the bit budget, one bit per
+    value at a threshold tau picked on held-out probe codes, and a 1-bit reconstruction.
+
+    It trains nothing, so it reports no training metric and no ``samples_per_s``
+    (`samples_per_step` is 0), and every evaluation gives the same numbers (computed once)."""
+
+    def __init__(self, config: RepresentationConfig, device: torch.device) -> None:  # type: ignore[override]
+        super().__init__(config, device)
+        self._cache: dict[str, float] | None = None
+
+    def state(self) -> Mapping[str, Stateful]:
+        return {"progress": self.progress}
+
+    def samples_per_step(self) -> int:
+        return 0
+
+    def train_step(self, step: int) -> dict[str, torch.Tensor]:
+        self.progress.steps = step + 1
+        return {}
+
+    def _downsample(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.config.threshold_side
+        return F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+
+    def encode_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] -> the downsampled values, (B, code_dim); thresholding is per tau."""
+        return self._downsample(x).flatten(1)
+
+    def _recon(self, x: torch.Tensor, tau: float, levels: tuple[float, float]) -> torch.Tensor:
+        bits = self._downsample(x) >= tau
+        coarse = torch.where(bits, levels[1], levels[0]).to(x.dtype)
+        return F.interpolate(coarse, size=x.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
+
+    def fit(self) -> tuple[float, tuple[float, float], torch.Tensor, torch.Tensor]:
         """Pick tau on a held-out tenth of the probe's training codes; (tau, levels, codes, labels).
 
         levels: the mean training value below and at-or-above tau (the 1-bit reconstruction)."""
@@ -668,60 +727,47 @@ class RepresentationTask(Task):
         return best_tau, (lo, hi), vals, labels
 
     @torch.no_grad()
+    def sample_images(self, n: int) -> torch.Tensor:
+        x = self._first_test_images(n)
+        tau, levels = self.fit()[:2]
+        return torch.stack([x, self._recon(x, tau, levels)])
+
+    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
+        if self._cache is not None:
+            return dict(self._cache)
         cfg = self.config
-        final = cfg.probe_every_eval or self.progress.steps >= cfg.steps or self.model is None
-        metrics: dict[str, float] = {}
-        if self.model is None and self._threshold_cache is not None:
-            return dict(self._threshold_cache)
-        if self.model is None:
-            tau, levels, train_vals, train_y = self._threshold_fit()
-            metrics["threshold_tau"] = tau
-        else:
-            self.model.eval()
+        tau, levels, train_vals, train_y = self.fit()
         zero = torch.zeros((), device=self.device)
         ssim_sum, bce_sum, mse_sum = zero.clone(), zero.clone(), zero.clone()
         codes, labels = [], []
-        try:
-            with self._eval_rng(_EVAL):
-                for images, y in self.test.batches(cfg.eval_batch_size):
-                    x = images.to(self.device).float() / 255
-                    y = y.to(self.device)
-                    code = self.encode_codes(x)
-                    if self.model is None:
-                        recon = self._threshold_recon(x, tau, levels)
-                        code = (code >= tau).float()
-                        bce = F.binary_cross_entropy(recon.clamp(1e-6, 1 - 1e-6), x, reduction="none")
-                    else:
-                        logits = self.model.decoder(code)
-                        recon = torch.sigmoid(logits)
-                        bce = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
-                    ssim_sum += ms_ssim(x, recon, data_range=1.0).sum()
-                    bce_sum += bce.flatten(1).sum(dim=1).sum()
-                    mse_sum += (recon - x).pow(2).flatten(1).mean(dim=1).sum()
-                    if final:
-                        codes.append(code)
-                        labels.append(y)
-                if final:
-                    if self.model is None:
-                        train_codes = (train_vals >= tau).float()
-                    else:
-                        train_codes, train_y = collect(
-                            self._probe_split(), cfg.eval_batch_size, self.device, self.encode_codes
-                        )
-                    metrics["test_linear_accuracy"] = self._probe(
-                        train_codes, train_y, torch.cat(codes), torch.cat(labels)
-                    )
-        finally:
-            if self.model is not None:
-                self.model.train()
+        for images, y in self.test.batches(cfg.eval_batch_size):
+            x = images.to(self.device).float() / 255
+            recon = self._recon(x, tau, levels)
+            bce = F.binary_cross_entropy(recon.clamp(1e-6, 1 - 1e-6), x, reduction="none")
+            ssim_sum += ms_ssim(x, recon, data_range=1.0).sum()
+            bce_sum += bce.flatten(1).sum(dim=1).sum()
+            mse_sum += (recon - x).pow(2).flatten(1).mean(dim=1).sum()
+            codes.append((self.encode_codes(x) >= tau).float())
+            labels.append(y.to(self.device))
         n = len(self.test)
-        metrics.update(
-            test_ms_ssim=float(ssim_sum) / n, test_recon_loss=float(bce_sum) / n, test_mse=float(mse_sum) / n
-        )
-        if self.model is None:
-            self._threshold_cache = dict(metrics)
-        return metrics
+        self._cache = {
+            "threshold_tau": tau,
+            "test_linear_accuracy": self._probe(
+                (train_vals >= tau).float(), train_y, torch.cat(codes), torch.cat(labels)
+            ),
+            "test_ms_ssim": float(ssim_sum) / n,
+            "test_recon_loss": float(bce_sum) / n,
+            "test_mse": float(mse_sum) / n,
+        }
+        return dict(self._cache)
+
+
+def make_task(config: RepresentationConfig, device: torch.device) -> Task:
+    """The family's task: `ThresholdTask` for the threshold baseline, else `RepresentationTask`."""
+    if config.variant == "threshold":
+        return ThresholdTask(config, device)
+    return RepresentationTask(config, device)
 
 
 experiments.add(
@@ -729,7 +775,7 @@ experiments.add(
     ExperimentFamily(
         name="representation",
         config_cls=RepresentationConfig,
-        task_cls=RepresentationTask,
+        task_cls=make_task,
         metrics=MetricSet(
             (
                 # agg "final": Figures 4 and 5 plot the trained model's test quality at each bpp.
@@ -759,5 +805,7 @@ __all__ = [
     "HardAutoencoder",
     "RepresentationConfig",
     "RepresentationTask",
+    "ThresholdTask",
     "build_networks",
+    "make_task",
 ]

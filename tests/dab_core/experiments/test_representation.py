@@ -27,8 +27,10 @@ from dab_core.experiments.representation import (
     RepresentationConfig,
     RepresentationTask,
     ResNet18Encoder,
+    ThresholdTask,
     UNetDecoder,
     UNetEncoder,
+    make_task,
 )
 
 TINY: dict[str, Any] = dict(
@@ -61,11 +63,11 @@ def config(**fields: Any) -> RepresentationConfig:
     return cfg
 
 
-def task_of(**overrides: Any) -> RepresentationTask:
+def task_of(**overrides: Any) -> Any:
     cfg = parse_config(tiny(**overrides))
     assert isinstance(cfg, RepresentationConfig)
     torch.manual_seed(cfg.seed)
-    return RepresentationTask(cfg, torch.device("cpu"))
+    return make_task(cfg, torch.device("cpu"))
 
 
 # -- the BPP mapping --------------------------------------------------------------------------------
@@ -347,12 +349,26 @@ def test_threshold_baseline_picks_tau_and_classifies() -> None:
         variant="threshold", channels=3, train_size=256, probe_epochs=20, thresholds=[0.3, 0.5, 0.7]
     )
     # 3 x 16 x 16 x 0.1 = 76.8 bits, 25.6 per channel: a 3 x 5 x 5 image
-    assert task.model is None and task.config.code_dim == 3 * 5 * 5
+    assert isinstance(task, ThresholdTask) and task.config.code_dim == 3 * 5 * 5
+    assert not hasattr(task, "model") and set(task.state()) == {"progress"}
     metrics = task.evaluate()
     assert metrics["threshold_tau"] in (0.3, 0.5, 0.7)
     assert metrics["test_linear_accuracy"] > 0.3
     assert 0 < metrics["test_ms_ssim"] <= 1
     assert task.evaluate() == metrics  # nothing trains: later evaluations give the same numbers
+    with pytest.raises(ValueError, match="ThresholdTask"):
+        RepresentationTask(task.config, torch.device("cpu"))
+
+
+def test_threshold_reports_no_training_metric_and_no_throughput() -> None:
+    """A task that trains nothing has no samples_per_s (about 10^8 before: it timed nothing)."""
+    reports: list[dict[str, float]] = []
+    run_trial(tiny(variant="threshold", steps=4, eval_every=2), report=lambda m, _: reports.append(m))
+    assert [r["step"] for r in reports] == [2.0, 4.0]
+    for r in reports:
+        assert "samples_per_s" not in r and "train_loss" not in r and "dab_loss" not in r
+        assert {"threshold_tau", "test_ms_ssim", "test_linear_accuracy"} <= set(r)
+    assert reports[0] == {**reports[1], "step": 2.0}
 
 
 @pytest.mark.parametrize("variant", ["dab-signum", "threshold"])
