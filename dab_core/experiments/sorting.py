@@ -204,6 +204,12 @@ class RNNSorter(nn.Module):
             assert self.ponder is not None
             h, c = self.ponder(z, (h, c))
             z = self._readout(h, losses)
+        # The DAB losses of the P+1 calls of the one bridge are summed, not averaged (the
+        # authors average over their DAB layers; a pondering model has one layer called P+1
+        # times, which the paper does not discuss). So Figure 3's ponder axis also scales the
+        # DAB loss by P+1, and with it the approximator's share of the gradient norm that the
+        # clip in `SortingTask.train_step` sees. Kept as is: a mean would change every ponder
+        # result measured so far (docs/sorting.md, "Choices in the pondering model").
         self.dab_loss = torch.stack(losses).sum() if losses else None
         return self.head(z).view(-1, self.seq_len, self.seq_len)
 
@@ -287,6 +293,10 @@ class SortingTask(Task):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip is not None:
+            # One norm over every parameter, the approximator's included (the paper: "gradclip
+            # 5" for the LSTM, without saying over what). The approximator's gradient is its
+            # DAB loss's only, so a large DAB loss (long pondering, the sum above) shrinks the
+            # task's share of the clipped step too (docs/sorting.md).
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
         out = {"train_loss": loss.detach(), "train_ce": ce.detach()}
