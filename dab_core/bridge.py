@@ -14,15 +14,16 @@ for input ``x`` and approximator ``g_phi``:
 
 In eval mode, or with gradients disabled, only the hard function runs and ``.dab_loss`` is None.
 
-Other estimators: ``ste`` (forward hard, backward identity; refuses shape-changing functions)
-and the plain differentiable activations ``elu``, ``tanh``, ``identity`` that replace the hard
-function altogether (the paper's baselines).
+Other estimators come from the registry `dab_core.estimators.estimators` (``ste``, ``perturbed``,
+``blackbox``, ``gumbel``, the paper's baselines ``elu``, ``tanh``, ``identity`` that replace the
+hard function altogether, and any a plugin registers); ``estimator_params`` are validated
+against the chosen one, and an estimator that cannot serve the hard function is refused at
+construction (or, for shape rules with no ``in_shape`` given, at the first call).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -30,58 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from dab_core.approximators import DenseApproximator, ElementwiseApproximator
+from dab_core.estimators import ESTIMATORS, EstimatorContext, EstimatorDef, estimators
 from dab_core.hard import BoundHardFunction, Shape, hard_functions
 
+#: The estimators the experiment families' configs accept today (a pydantic ``Literal``); the
+#: registry holds more (`ESTIMATORS`, and plugins), and `DAB` takes any registered name.
 Estimator = Literal["dab", "ste", "elu", "tanh", "identity"]
 DabLossName = Literal["l2", "l1", "huber", "cosine"]
-ESTIMATORS: tuple[str, ...] = ("dab", "ste", "elu", "tanh", "identity")
 DAB_LOSSES: tuple[str, ...] = ("l2", "l1", "huber", "cosine")
-
-_BASELINES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "elu": F.elu,
-    "tanh": torch.tanh,
-    "identity": lambda x: x,
-}
-
-
-class _DABFunction(torch.autograd.Function):
-    """Forward: the hard function. Backward: the vector-Jacobian product of the approximator.
-
-    ``soft`` is ``g_phi(x_src)`` where ``x_src`` is ``x`` itself or a detached leaf copy of it;
-    the gradient for ``x`` is taken w.r.t. ``x_src`` only, so ``phi`` receives nothing here.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        x: torch.Tensor,
-        soft: torch.Tensor,
-        x_src: torch.Tensor,
-        hard: BoundHardFunction,
-    ) -> torch.Tensor:
-        ctx.save_for_backward(soft, x_src)
-        return hard(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:  # type: ignore[override]
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        soft, x_src = ctx.saved_tensors
-        with torch.enable_grad():
-            (grad_x,) = torch.autograd.grad(soft, x_src, grad_out, retain_graph=True)
-        return grad_x, None, None, None
-
-
-class _STEFunction(torch.autograd.Function):
-    """Forward: the hard function. Backward: the incoming gradient, unchanged."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, hard: BoundHardFunction) -> torch.Tensor:  # type: ignore[override]
-        return hard(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        return grad_out, None
 
 
 def dab_distance(hard: torch.Tensor, soft: torch.Tensor, kind: str = "l2") -> torch.Tensor:
@@ -121,17 +78,25 @@ class DAB(nn.Module):
 
     Args:
         hard: a registry name (``"signum"``) or a bound function (``hard_functions.get(...)``).
-        approximator: ``g_phi``; built by `default_approximator` when None.
+        approximator: ``g_phi``; built by `default_approximator` when None (for estimators
+            that use one: ``dab``).
         gamma: weight of the DAB loss (the paper's gamma).
-        estimator: ``dab``, ``ste``, or a plain activation baseline (``elu``, ``tanh``,
-            ``identity``), which replaces the hard function altogether.
-        in_shape: per-sample input shape, needed to build a dense approximator or to check
-            STE's shape requirement up front.
+        estimator: a name in `dab_core.estimators.estimators`: ``dab``; ``ste``;
+            ``perturbed``, ``blackbox``, ``gumbel``; or a plain activation baseline (``elu``,
+            ``tanh``, ``identity``), which replaces the hard function altogether.
+        estimator_params: the estimator's parameters (``{"sigma": 0.5}`` for ``perturbed``);
+            defaults fill the rest. Unknown or invalid ones raise `EstimatorParamError`.
+        in_shape: per-sample input shape, needed to build a dense approximator, and used to
+            check an estimator's shape rule and the approximator's output shape up front.
         dab_loss: distance of the DAB loss: ``l2`` (the paper's), ``l1``, ``huber``, ``cosine``.
         dab_loss_to_input: let the DAB loss reach ``x`` as well (off: the authors' behaviour).
         hard_params: parameters of the hard function when ``hard`` is a name.
         check_finite: raise on non-finite input (costs one host sync per call; off by default,
             where non-finite input follows each hard function's documented result).
+
+    Attributes:
+        estimator: the estimator's name; ``estimator_def``: its `EstimatorDef`;
+        ``estimator_params``: its validated parameters.
     """
 
     def __init__(
@@ -139,8 +104,9 @@ class DAB(nn.Module):
         hard: str | BoundHardFunction,
         approximator: nn.Module | None = None,
         gamma: float = 10.0,
-        estimator: Estimator = "dab",
+        estimator: str = "dab",
         *,
+        estimator_params: dict[str, Any] | None = None,
         in_shape: Shape | int | None = None,
         dab_loss: DabLossName = "l2",
         dab_loss_to_input: bool = False,
@@ -153,59 +119,94 @@ class DAB(nn.Module):
             hard = hard_functions.get(hard, **(hard_params or {}))
         elif hard_params:
             raise ValueError("hard_params applies only when hard is given by name")
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
+        est = estimators.get(estimator)  # UnknownNameError: "unknown estimator ...; known: ..."
+        params = est.validate_params(estimator_params)
         if dab_loss not in DAB_LOSSES:
             raise ValueError(f"unknown dab_loss {dab_loss!r}; known: {', '.join(DAB_LOSSES)}")
         if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma >= 0):
             raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
-        if estimator == "ste" and in_shape is not None and not hard.preserves_shape(in_shape):
-            raise ValueError(self._ste_error(hard, in_shape))
+        est.check(hard, in_shape)
         self.hard = hard
-        self.estimator = estimator
+        # the name, not the definition: a bridge pickles (its definition holds closures) and
+        # finds its estimator in the registry of the process it runs in
+        self._estimator = est.name
+        self.estimator_params: dict[str, Any] = params
         self.gamma = float(gamma)
         self.dab_loss_kind = dab_loss
         self.dab_loss_to_input = dab_loss_to_input
         self.check_finite = check_finite
         self.approximator: nn.Module | None = None
-        if estimator == "dab":
-            self.approximator = approximator or default_approximator(hard, in_shape, approximator_hidden)
+        if est.uses_approximator:
+            if approximator is None:
+                approximator = default_approximator(hard, in_shape, approximator_hidden)
+            elif in_shape is not None:
+                _check_declared_shape(hard, approximator, in_shape)
+            self.approximator = approximator
         elif approximator is not None:
             raise ValueError(f"estimator {estimator!r} uses no approximator; do not pass one")
         self.dab_loss: torch.Tensor | None = None
 
-    @staticmethod
-    def _ste_error(hard: BoundHardFunction, in_shape: Shape | int) -> str:
-        return (
-            f"estimator 'ste' needs a shape-preserving hard function, but {hard!r} maps feature "
-            f"shape {in_shape} to {hard.out_shape(in_shape)}: there is no identity gradient "
-            "between them (use estimator 'dab')"
-        )
+    @property
+    def estimator(self) -> str:
+        return self._estimator
+
+    @property
+    def estimator_def(self) -> EstimatorDef:
+        return estimators.get(self._estimator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.dab_loss = None
-        if self.estimator in _BASELINES:
-            return _BASELINES[self.estimator](x)
+        est = self.estimator_def
+        ctx = EstimatorContext(self.hard, self.estimator_params, self.approximator, self.dab_loss_to_input)
+        if not est.exact_forward:
+            return est.fn(x, ctx)  # type: ignore[no-any-return]
         if self.check_finite and not bool(torch.isfinite(x).all()):
             raise FloatingPointError(f"DAB({self.hard!r}): non-finite values in the input")
         if not (self.training and torch.is_grad_enabled()):
             return self.hard(x)
-        if self.estimator == "ste":
-            if x.shape[1:] != torch.Size(self.hard.out_shape(tuple(x.shape[1:]))):
-                raise ValueError(self._ste_error(self.hard, tuple(x.shape[1:])))
-            return _STEFunction.apply(x, self.hard)  # type: ignore[no-any-return]
-        assert self.approximator is not None
-        # A detached leaf stands in for x unless the DAB loss should reach x: the task
-        # gradient for x is then a VJP through g w.r.t. this leaf only.
-        x_src = x if self.dab_loss_to_input else x.detach().requires_grad_(True)
-        soft = self.approximator(x_src)
-        out: torch.Tensor = _DABFunction.apply(x, soft, x_src, self.hard)
+        if est.requires_shape_preserving:
+            est.check(self.hard, tuple(x.shape[1:]))  # cheap: compares shapes
+        if not est.uses_approximator:
+            return est.fn(x, ctx)  # type: ignore[no-any-return]
+        out, soft = est.fn(x, ctx)
+        if soft.shape != out.shape:  # the DAB loss would broadcast one onto the other
+            raise ValueError(
+                f"DAB({self.hard!r}): the approximator ({type(self.approximator).__name__}) produced "
+                f"shape {tuple(soft.shape)}, but the hard function {self.hard.name!r} gives "
+                f"{tuple(out.shape)} for input shape {tuple(x.shape)}; the approximator must "
+                "output the hard function's shape"
+            )
         dist = dab_distance(out.detach(), soft, self.dab_loss_kind)  # (B,)
         self.dab_loss = self.gamma * dist.mean()
         return out
 
     def extra_repr(self) -> str:
-        return f"hard={self.hard!r}, estimator={self.estimator!r}, gamma={self.gamma}"
+        params = f", estimator_params={self.estimator_params}" if self.estimator_params else ""
+        return f"hard={self.hard!r}, estimator={self.estimator!r}, gamma={self.gamma}{params}"
+
+
+def _check_declared_shape(hard: BoundHardFunction, approximator: nn.Module, in_shape: Shape | int) -> None:
+    """Compare an approximator's shapes with the hard function's before any data, where the
+    approximator declares them (dab_core's own); any other module is checked at the first call."""
+    shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
+    expected = hard.out_shape(shape)
+    if isinstance(approximator, DenseApproximator):
+        if approximator.in_shape != shape:
+            raise ValueError(
+                f"DAB({hard!r}): the approximator (DenseApproximator) takes per-sample shape "
+                f"{approximator.in_shape}, but in_shape is {shape}"
+            )
+        declared = approximator.out_shape
+    elif isinstance(approximator, ElementwiseApproximator):
+        declared = shape
+    else:
+        return
+    if declared != expected:
+        raise ValueError(
+            f"DAB({hard!r}): the approximator ({type(approximator).__name__}) outputs per-sample "
+            f"shape {declared}, but the hard function {hard.name!r} gives {expected} for feature "
+            f"shape {shape}; the approximator must output the hard function's shape"
+        )
 
 
 def strip_approximators(model: nn.Module) -> nn.Module:
@@ -215,7 +216,6 @@ def strip_approximators(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if isinstance(module, DAB) and module.approximator is not None:
             module.approximator = None
-            module.estimator = "dab"
             module.register_forward_pre_hook(_refuse_training)
     return model.eval()
 

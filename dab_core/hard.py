@@ -84,13 +84,19 @@ def _same_shape(in_shape: Shape, **_: Any) -> Shape:
 
 @dataclass(frozen=True)
 class HardFunctionDef:
-    """A registered hard function: the callable, its output shape rule and its parameters."""
+    """A registered hard function: the callable, its output shape rule and its parameters.
+
+    ``elementwise``: each output element depends on the input element at the same place only.
+    ``stochastic``: the function draws random numbers (from torch's global RNG), so two calls
+    on the same input may differ; estimators that relax a random draw (``gumbel``) need it.
+    """
 
     name: str
     fn: HardFn
     out_shape: OutShapeFn = _same_shape
     elementwise: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)
+    stochastic: bool = False
 
     def bind(self, **params: Any) -> BoundHardFunction:
         unknown = sorted(set(params) - set(self.defaults))
@@ -151,6 +157,10 @@ class BoundHardFunction:
     def elementwise(self) -> bool:
         return self.definition.elementwise
 
+    @property
+    def stochastic(self) -> bool:
+        return self.definition.stochastic
+
     def out_shape(self, in_shape: Shape | int) -> Shape:
         """Per-sample output shape for per-sample input shape `in_shape`."""
         shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
@@ -160,13 +170,17 @@ class BoundHardFunction:
         shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
         return self.out_shape(shape) == shape
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a clear ValueError unless `x` is a batch ``(B, *F)`` this function accepts."""
         if x.dim() < 2:
             raise ValueError(
                 f"hard function {self.name!r} expects a batch of shape (B, *features), "
                 f"got shape {tuple(x.shape)}"
             )
         self.out_shape(tuple(x.shape[1:]))  # validates the shape with a clear message
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
         return self.definition.fn(x, **self.params)
 
     def __repr__(self) -> str:
@@ -188,7 +202,12 @@ class HardFunctionRegistry(Registry[HardFunctionDef]):
     """
 
     def register(  # type: ignore[override]
-        self, name: str, *, out_shape: OutShapeFn | None = None, elementwise: bool = False
+        self,
+        name: str,
+        *,
+        out_shape: OutShapeFn | None = None,
+        elementwise: bool = False,
+        stochastic: bool = False,
     ) -> Callable[[HardFn], HardFn]:
         def deco(fn: HardFn) -> HardFn:
             sig = inspect.signature(fn)
@@ -196,7 +215,7 @@ class HardFunctionRegistry(Registry[HardFunctionDef]):
             defaults = {p.name: p.default for p in params}
             self.add(
                 name,
-                HardFunctionDef(name, fn, out_shape or _same_shape, elementwise, defaults),
+                HardFunctionDef(name, fn, out_shape or _same_shape, elementwise, defaults, stochastic),
             )
             return fn
 
@@ -372,15 +391,26 @@ def kmeans(x: torch.Tensor, k: int = 10, iters: int = 10) -> torch.Tensor:
 # -- bernoulli ---------------------------------------------------------------------------------
 
 
-@hard_functions.register("bernoulli", elementwise=True)
+@hard_functions.register("bernoulli", elementwise=True, stochastic=True)
 def bernoulli(x: torch.Tensor) -> torch.Tensor:
     """A sample z ~ Bern(sigmoid(x)), no reparameterisation (paper, dab-bernoulli).
 
-    Draws from torch's global RNG, which trial checkpoints save and restore.
+    Draws one uniform per element from torch's global RNG, which trial checkpoints save and
+    restore.
+    """
+    return bernoulli_with_noise(x)[0]
+
+
+def bernoulli_with_noise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `bernoulli` sample and the uniforms ``u`` behind it: ``z = 1[u < sigmoid(x)]``.
+
+    The same draw as `bernoulli` (it is `bernoulli`'s body), so an estimator that needs the
+    noise (``gumbel``) has a forward equal to `bernoulli` bit for bit under the same RNG state.
     """
     p = torch.sigmoid(x)
-    out = (torch.rand_like(p) < p).to(x.dtype)
-    return torch.where(torch.isnan(x), x, out)
+    u = torch.rand_like(p)
+    out = (u < p).to(x.dtype)
+    return torch.where(torch.isnan(x), x, out), u
 
 
 __all__ = [
@@ -391,5 +421,6 @@ __all__ = [
     "HardParamTypeError",
     "HardParamValueError",
     "UnknownNameError",
+    "bernoulli_with_noise",
     "hard_functions",
 ]
