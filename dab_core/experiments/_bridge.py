@@ -12,14 +12,15 @@ the model) and the approximator's kinds and sizes (classification also has a con
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from torch import nn
 
 from dab_core.approximators import ConvApproximator, DenseApproximator, ElementwiseApproximator, activation
 from dab_core.bridge import DAB, DabLossName
 from dab_core.config import ConfigError, TrialConfig
+from dab_core.estimators import EstimatorDef, EstimatorNotApplicableError, EstimatorParamError, estimators
 from dab_core.hard import BoundHardFunction, Shape, hard_functions
 
 ApproximatorKind = Literal["auto", "elementwise", "dense", "conv"]
@@ -38,6 +39,15 @@ def activation_module(name: str) -> nn.Module:
     return activation(name)
 
 
+def _known_estimator(name: str) -> str:
+    estimators.lookup(name)  # UnknownNameError (a ValueError): "unknown estimator ...; known: ..."
+    return name
+
+
+EstimatorName = Annotated[str, AfterValidator(_known_estimator)]
+"""A registered estimator's name (`dab_core.estimators`; the error lists the known names)."""
+
+
 class BridgeFields(TrialConfig):
     """The bridge's config fields that mean the same in every family: each family's config is
     a `BridgeFields` (hence a `TrialConfig`) with the fields that differ added."""
@@ -50,6 +60,10 @@ class BridgeFields(TrialConfig):
     )
     dab_loss_to_input: bool = Field(
         False, description="let the DAB loss reach the bridge's input (Figure 6-middle's conditioning)"
+    )
+    estimator_params: dict[str, float | int | bool | str] = Field(
+        default_factory=dict,
+        description="parameters of the estimator, e.g. {sigma: 0.5, samples: 20} for perturbed",
     )
 
 
@@ -74,6 +88,33 @@ def bridge_out_shape(hard: BoundHardFunction, in_shape: Shape, where: str) -> Sh
         return hard.out_shape(in_shape)
     except ValueError as e:
         raise ConfigError(f"hard_params: {e} ({where})", *_fields_of(e)) from None
+
+
+def check_estimator(
+    name: str, params: dict[str, Any], hard: BoundHardFunction, in_shape: Shape
+) -> EstimatorDef:
+    """The estimator, after checking its parameters (a ConfigError naming
+    ``estimator_params.<param>``) and that it can serve `hard` at `in_shape` (one naming
+    ``estimator`` and ``hard``: STE or blackbox on a shape-changing function, gumbel on a
+    deterministic one)."""
+    est = estimators.get(name)
+    try:
+        est.validate_params(params)
+    except EstimatorParamError as e:
+        raise ConfigError(
+            f"estimator_params: {e}", ("estimator_params", e.param) if e.param else ("estimator_params",)
+        ) from None
+    try:
+        est.check(hard, in_shape)
+    except EstimatorNotApplicableError as e:
+        raise ConfigError(str(e), "estimator", "hard") from None
+    return est
+
+
+def bridge_output_shape(estimator: str, hard: BoundHardFunction, in_shape: Shape) -> Shape:
+    """What the layer after the bridge reads: the hard function's output, or the input's shape
+    where a plain activation replaces the hard function."""
+    return hard.out_shape(in_shape) if estimators.get(estimator).exact_forward else in_shape
 
 
 def build_approximator(
@@ -102,8 +143,9 @@ def build_bridge(
     approximator: ApproximatorKind = "auto",
     approximator_hidden: tuple[int, ...] | None = None,
 ) -> DAB:
-    """The family's DAB bridge: the approximator only for estimator ``dab``."""
-    g = build_approximator(approximator, hard, in_shape, approximator_hidden) if estimator == "dab" else None
+    """The family's bridge: an approximator only for an estimator that uses one (``dab``)."""
+    uses = estimators.get(estimator).uses_approximator
+    g = build_approximator(approximator, hard, in_shape, approximator_hidden) if uses else None
     return DAB(
         hard,
         g,
@@ -112,6 +154,7 @@ def build_bridge(
         in_shape=in_shape,
         dab_loss=cfg.dab_loss,
         dab_loss_to_input=cfg.dab_loss_to_input,
+        estimator_params=dict(cfg.estimator_params),
     )
 
 
@@ -119,10 +162,13 @@ __all__ = [
     "DEFAULT_HIDDEN",
     "ApproximatorKind",
     "BridgeFields",
+    "EstimatorName",
     "activation_module",
     "bind_hard",
     "bridge_out_shape",
+    "bridge_output_shape",
     "build_approximator",
     "build_bridge",
+    "check_estimator",
     "stable_seed",
 ]

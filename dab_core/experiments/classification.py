@@ -60,10 +60,18 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from dab_core.bridge import DAB, Estimator, dab_loss_of
+from dab_core.bridge import DAB, dab_loss_of
 from dab_core.config import ConfigError, HardName, LayerSizes
+from dab_core.estimators import estimators
 from dab_core.experiments import ExperimentFamily, experiments
-from dab_core.experiments._bridge import BridgeFields, bind_hard, bridge_out_shape, build_bridge
+from dab_core.experiments._bridge import (
+    BridgeFields,
+    EstimatorName,
+    bind_hard,
+    bridge_out_shape,
+    build_bridge,
+    check_estimator,
+)
 from dab_core.experiments._images import (
     TensorImages,
     TrainBatches,
@@ -84,7 +92,6 @@ from dab_core.plots import bar_png
 from dab_core.training import Stateful, Task
 
 ApproximatorKind = Literal["auto", "elementwise", "dense", "conv"]
-_HARD_ESTIMATORS = ("dab", "ste")
 _FAKE_TRAIN, _FAKE_TEST = 2048, 512
 _AUGMENT = 0xA06
 
@@ -104,8 +111,10 @@ class ClassificationConfig(BridgeFields):
         None, ge=8, le=1024, description="side of the fake images (fake only; default 32)"
     )
     hard: HardName = Field("signum", description="hard function in the bridge (registry name)")
-    estimator: Estimator = Field(
-        "dab", description="dab, ste, or a plain baseline (identity = Table 2 'Baseline')"
+    estimator: EstimatorName = Field(
+        "dab",
+        description="a registered estimator: dab, ste, perturbed, blackbox, ..., or a plain "
+        "activation (identity = Table 2 'Baseline')",
     )
     placement: int = Field(4, ge=1, le=4, description="the bridge sits at the output of residual stage 1..4")
     gamma: float = Field(10.0, ge=0, description="DAB loss weight")
@@ -149,20 +158,12 @@ class ClassificationConfig(BridgeFields):
                 "train_size",
                 "batch_size",
             )
-        self.bound_hard()  # the bridge binds the parameters even when a baseline replaces it
-        if self.estimator not in _HARD_ESTIMATORS:
-            return self  # a plain activation replaces the hard function: any placement works
+        hard = self.bound_hard()  # bound even where a baseline replaces it
         shape = self.bridge_shape
         out = self.bridge_out_shape
-        if out == shape:
-            return self
-        if self.estimator == "ste":
-            raise ConfigError(
-                f"estimator: 'ste' needs a shape-preserving hard function, but {self.bound_hard()!r} maps "
-                f"the feature map {shape} to {out}; use estimator 'dab' (or hard 'sort' for the flat sort)",
-                "estimator",
-                "hard",
-            )
+        check_estimator(self.estimator, self.estimator_params, hard, shape)
+        if out == shape or not estimators.get(self.estimator).exact_forward:
+            return self  # a plain activation replaces the hard function: any placement works
         if self.placement != 4:
             raise ConfigError(
                 f"placement: {self.hard!r} turns the feature map {shape} into shape {out}, which the next "
@@ -171,7 +172,7 @@ class ClassificationConfig(BridgeFields):
                 "placement",
                 "hard",
             )
-        if self.approximator in ("elementwise", "conv"):
+        if self.approximator in ("elementwise", "conv") and estimators.get(self.estimator).uses_approximator:
             raise ConfigError(
                 f"approximator: {self.approximator!r} keeps the input's shape, but {self.hard!r} maps "
                 f"{shape} to {out}; use 'dense' or 'auto'",
@@ -199,7 +200,7 @@ class ClassificationConfig(BridgeFields):
     @property
     def bridge_out_shape(self) -> tuple[int, ...]:
         """Per-sample shape after the bridge (the feature map itself for plain baselines)."""
-        if self.estimator not in _HARD_ESTIMATORS:
+        if not estimators.get(self.estimator).exact_forward:
             return self.bridge_shape
         where = f"feature map {self.bridge_shape} at placement {self.placement}"
         return bridge_out_shape(self.bound_hard(), self.bridge_shape, where)

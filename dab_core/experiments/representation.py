@@ -74,8 +74,16 @@ from torch import nn
 
 from dab_core.bridge import DAB
 from dab_core.config import MAX_WIDTH, ConfigError, LayerSizes
+from dab_core.estimators import estimators
 from dab_core.experiments import ExperimentFamily, experiments
-from dab_core.experiments._bridge import BridgeFields, bind_hard, bridge_out_shape, build_bridge
+from dab_core.experiments._bridge import (
+    BridgeFields,
+    EstimatorName,
+    bind_hard,
+    bridge_out_shape,
+    build_bridge,
+    check_estimator,
+)
 from dab_core.experiments._images import (
     NATIVE_SHAPE,
     ImageSplit,
@@ -160,6 +168,11 @@ class RepresentationConfig(BridgeFields):
     # More images than a batch of CIFAR-10's 50,000 is the whole dataset (the paper's: 128, 1024).
     batch_size: int | None = Field(None, ge=1, le=65_536)
     gamma: float | None = Field(None, ge=0, description="DAB loss weight (dab-* variants)")
+    estimator: EstimatorName = Field(
+        "dab",
+        description="dab-* variants: the bridge's gradient estimator (dab, ste, perturbed, blackbox; "
+        "gumbel for dab-bernoulli); the latent stays the hard code whichever it is",
+    )
     approximator: Literal["auto", "elementwise", "dense"] = Field(
         "auto", description="auto: elementwise for bernoulli/signum, dense for binary"
     )
@@ -240,6 +253,21 @@ class RepresentationConfig(BridgeFields):
         if self.variant in HARD_OF_VARIANT:
             hard = bind_hard(HARD_OF_VARIANT[self.variant], self.hard_params)
             bridge_out_shape(hard, (self.latent_units,), f"the latent of {self.latent_units} units")
+            if not estimators.get(self.estimator).exact_forward:
+                raise ConfigError(
+                    f"estimator: {self.estimator!r} replaces the hard function, but the latent must be "
+                    "the hard code (it is what the bit budget counts); use dab, ste, perturbed, "
+                    "blackbox or gumbel",
+                    "estimator",
+                    "variant",
+                )
+            check_estimator(self.estimator, self.estimator_params, hard, (self.latent_units,))
+        elif self.estimator != "dab" or self.estimator_params:
+            raise ConfigError(
+                f"estimator and estimator_params apply to the dab-* variants only, not {self.variant!r}",
+                "estimator" if self.estimator != "dab" else "estimator_params",
+                "variant",
+            )
         elif self.hard_params:
             raise ConfigError(
                 f"hard_params applies to the dab-* variants only, not {self.variant!r}",
@@ -445,7 +473,7 @@ def make_bridge(cfg: RepresentationConfig) -> DAB:
         bind_hard(HARD_OF_VARIANT[cfg.variant], cfg.hard_params),
         cfg,
         in_shape=(cfg.latent_units,),
-        estimator="dab",
+        estimator=cfg.estimator,
         gamma=cfg.gamma,
         approximator=cfg.approximator,
         approximator_hidden=cfg.approximator_hidden,

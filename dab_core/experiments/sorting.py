@@ -40,15 +40,19 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from dab_core.approximators import mlp
-from dab_core.bridge import DAB, Estimator
+from dab_core.bridge import DAB
 from dab_core.config import MAX_WIDTH, ConfigError, HardName, LayerSizes
+from dab_core.estimators import estimators
 from dab_core.experiments import ExperimentFamily, experiments
 from dab_core.experiments._bridge import (
     BridgeFields,
+    EstimatorName,
     activation_module,
     bind_hard,
     bridge_out_shape,
+    bridge_output_shape,
     build_bridge,
+    check_estimator,
     stable_seed,
 )
 from dab_core.metrics import Metric, MetricSet
@@ -56,7 +60,6 @@ from dab_core.plots import bar_png
 from dab_core.training import Stateful, Task
 
 SortingModel = Literal["elu-dense", "signum-dense", "signum-rnn"]
-_BASELINE_ESTIMATORS = ("elu", "tanh", "identity")
 
 
 class SortingConfig(BridgeFields):
@@ -67,8 +70,10 @@ class SortingConfig(BridgeFields):
     seq_len: int = Field(ge=2, le=100, description="T, the sequence length")
     ponder_steps: int = Field(0, ge=0, le=64, description="extra LSTM steps (signum-rnn only)")
     hard: HardName = Field("signum", description="hard function in the bridge (registry name)")
-    estimator: Estimator | None = Field(
-        None, description="dab, ste, elu, tanh or identity (default: dab; identity for elu-dense)"
+    estimator: EstimatorName | None = Field(
+        None,
+        description="a registered estimator (dab, ste, perturbed, blackbox, ...; a plain activation "
+        "elu, tanh or identity replaces the hard function); default: dab, identity for elu-dense",
     )
     activation: Literal["tanh", "elu"] | None = Field(
         None, description="hidden activation (default: tanh; elu for elu-dense)"
@@ -100,10 +105,12 @@ class SortingConfig(BridgeFields):
                 "ponder_steps",
                 "model",
             )
-        if self.model == "elu-dense" and self.estimator not in (None, *_BASELINE_ESTIMATORS):
+        est = estimators.get(self.resolved_estimator)
+        if self.model == "elu-dense" and est.exact_forward:
+            plain = ", ".join(n for n in estimators.names() if not estimators.get(n).exact_forward)
             raise ConfigError(
                 f"model 'elu-dense' is the baseline without a hard function; estimator must be one of "
-                f"{', '.join(_BASELINE_ESTIMATORS)} (use signum-dense for {self.estimator!r})",
+                f"{plain} (use signum-dense for {self.estimator!r})",
                 "estimator",
                 "model",
             )
@@ -113,16 +120,11 @@ class SortingConfig(BridgeFields):
                 "train_size",
                 "batch_size",
             )
-        if self.resolved_estimator in ("dab", "ste"):
-            width = self.bridge_width
+        width = self.bridge_width
+        if est.exact_forward:
             where = f"hard {hard!r} at the bridge of {self.model} (feature shape ({width},))"
-            out = bridge_out_shape(hard, (width,), where)
-            if self.resolved_estimator == "ste" and out != (width,):
-                raise ConfigError(
-                    f"{where}: estimator 'ste' needs a shape-preserving hard function, got output {out}",
-                    "estimator",
-                    "hard",
-                )
+            bridge_out_shape(hard, (width,), where)
+        check_estimator(self.resolved_estimator, self.estimator_params, hard, (width,))
         return self
 
     @property
@@ -164,7 +166,7 @@ class DenseSorter(nn.Module):
         self.body = mlp([seq_len, *hidden], activation)
         self.act = activation_module(activation)
         self.bridge = bridge
-        out = bridge.hard.out_shape((hidden[-1],))[0] if bridge.estimator in ("dab", "ste") else hidden[-1]
+        (out,) = bridge_output_shape(bridge.estimator, bridge.hard, (hidden[-1],))
         self.head = nn.Linear(out, seq_len * seq_len)
         self.dab_loss: torch.Tensor | None = None
 
@@ -184,7 +186,7 @@ class RNNSorter(nn.Module):
         self.reader = nn.LSTM(1, hidden, batch_first=True)
         self.dense = nn.Linear(hidden, hidden)
         self.bridge = bridge
-        out = bridge.hard.out_shape((hidden,))[0] if bridge.estimator in ("dab", "ste") else hidden
+        (out,) = bridge_output_shape(bridge.estimator, bridge.hard, (hidden,))
         self.ponder = nn.LSTMCell(out, hidden) if ponder_steps else None
         self.head = nn.Linear(out, seq_len * seq_len)
         self.dab_loss: torch.Tensor | None = None

@@ -61,3 +61,78 @@ def test_the_approximator_each_kind_builds() -> None:
     )
     bridge = cls_bridge(cfg)
     assert isinstance(bridge.approximator, ConvApproximator) and bridge.approximator.net[0].out_channels == 64
+
+
+def _error(config: dict[str, Any]) -> Any:
+    with pytest.raises(ValidationError) as e:
+        parse_config(config)
+    return e.value.errors()[0]["ctx"]["error"] if "ctx" in e.value.errors()[0] else e.value
+
+
+def test_the_estimators_through_every_family() -> None:
+    """Every registered estimator is a config value; its parameters and its refusals name the
+    field (`dab_core.estimators`)."""
+    sorting = parse_config({**BASE["sorting"], "estimator": "perturbed", "estimator_params": {"sigma": 0.5}})
+    assert sorting.estimator == "perturbed" and sorting.estimator_params == {"sigma": 0.5}
+    err = _error({**BASE["sorting"], "estimator": "perturbed", "estimator_params": {"sigma": -1}})
+    assert err.fields[0] == ("estimator_params", "sigma") and "perturbed" in str(err)
+    err = _error({**BASE["sorting"], "estimator": "perturbed", "estimator_params": {"sigmaa": 1}})
+    assert err.fields[0] == ("estimator_params", "sigmaa")
+    unknown = _error({**BASE["sorting"], "estimator": "reinforce"})
+    assert "unknown estimator 'reinforce'" in str(unknown) and "perturbed" in str(unknown)
+    # blackbox needs a shape-preserving function; gumbel a stochastic one
+    err = _error({**BASE["classification"], "hard": "topk", "hard_params": {"k": 8}, "estimator": "blackbox"})
+    assert err.fields == (("estimator",), ("hard",)) and "'blackbox'" in str(err) and "topk" in str(err)
+    err = _error({**BASE["sorting"], "estimator": "gumbel"})
+    assert err.fields == (("estimator",), ("hard",)) and "signum" in str(err)
+    rep = parse_config({**BASE["representation"], "variant": "dab-bernoulli", "estimator": "gumbel"})
+    assert rep.estimator == "gumbel"
+    err = _error({**BASE["representation"], "estimator": "elu"})
+    assert err.fields[0] == ("estimator",) and "hard code" in str(err)
+    err = _error({**BASE["representation"], "variant": "threshold", "estimator": "ste"})
+    assert err.fields[0] == ("estimator",)
+    # a plain activation takes no parameters
+    err = _error({**BASE["sorting"], "model": "elu-dense", "estimator_params": {"sigma": 1.0}})
+    assert err.fields[0] == ("estimator_params", "sigma")
+
+
+@pytest.mark.parametrize(
+    ("family", "estimator", "extra"),
+    [
+        ("sorting", "perturbed", {"estimator_params": {"samples": 2}}),
+        ("sorting", "blackbox", {}),
+        ("sorting", "ste", {}),
+        ("classification", "perturbed", {"estimator_params": {"samples": 2}}),
+        ("representation", "gumbel", {"variant": "dab-bernoulli"}),
+    ],
+)
+def test_each_estimator_trains_without_an_approximator(
+    family: str, estimator: str, extra: dict[str, Any]
+) -> None:
+    from dab_core import run_trial
+
+    tiny = {
+        "sorting": {"batch_size": 16, "train_size": 0, "test_size": 32, "dense_hidden": [8, 8]},
+        "classification": {"width": 4, "image_size": 8, "batch_size": 8, "train_size": 16, "test_size": 8},
+        "representation": {
+            "width": 4,
+            "image_size": 8,
+            "batch_size": 8,
+            "train_size": 16,
+            "test_size": 8,
+            "probe_epochs": 1,
+            "dense_hidden": 8,
+        },
+    }[family]
+    config = {
+        **BASE[family],
+        **tiny,
+        **extra,
+        "estimator": estimator,
+        "steps": 2,
+        "eval_every": 2,
+        "num_threads": 1,
+    }
+    metrics = run_trial(config)
+    assert metrics["step"] == 2.0 and "dab_loss" not in metrics  # no approximator, no DAB loss
+    assert all(v == v for v in metrics.values())  # finite, no NaN

@@ -123,7 +123,7 @@ def error_of(**overrides: Any) -> str:
 
 def test_ste_is_refused_for_shape_changing_functions() -> None:
     msg = error_of(hard="sort_rowcol", estimator="ste")
-    assert "estimator: 'ste' needs a shape-preserving hard function" in msg
+    assert "estimator 'ste' needs a shape-preserving hard function" in msg
     assert "(32, 2, 2)" in msg and "(256,)" in msg
     assert "estimator" in error_of(hard="topk", hard_params={"k": 3}, estimator="ste")
     # the flat sort keeps the shape: STE is allowed (paper, Figure 6 right)

@@ -109,7 +109,8 @@ def test_ste_with_a_shape_changing_user_function_is_refused() -> None:
     try:
         assert cfg(hard="test_halve").hard == "test_halve"  # fine for dab
         with pytest.raises(
-            ValidationError, match=r"'ste' needs a shape-preserving hard function, got output \(128,\)"
+            ValidationError,
+            match=r"'ste' needs a shape-preserving hard function, but test_halve\(\) maps feature shape \(256,\) to \(128,\)",
         ):
             cfg(hard="test_halve", estimator="ste")
     finally:
