@@ -61,9 +61,12 @@ class BridgeFields(TrialConfig):
     dab_loss_to_input: bool = Field(
         False, description="let the DAB loss reach the bridge's input (Figure 6-middle's conditioning)"
     )
+    # Left out of the resolved config while empty (exclude_if): a field added after trial keys
+    # were published must not change the key of every earlier trial (docs/configs.md).
     estimator_params: dict[str, float | int | bool | str] = Field(
         default_factory=dict,
         description="parameters of the estimator, e.g. {sigma: 0.5, samples: 20} for perturbed",
+        exclude_if=lambda v: not v,
     )
 
 

@@ -168,10 +168,13 @@ class RepresentationConfig(BridgeFields):
     # More images than a batch of CIFAR-10's 50,000 is the whole dataset (the paper's: 128, 1024).
     batch_size: int | None = Field(None, ge=1, le=65_536)
     gamma: float | None = Field(None, ge=0, description="DAB loss weight (dab-* variants)")
+    # Left out of the resolved config while "dab" (exclude_if), as estimator_params is: the
+    # earlier trials' keys stay what they were.
     estimator: EstimatorName = Field(
         "dab",
         description="dab-* variants: the bridge's gradient estimator (dab, ste, perturbed, blackbox; "
         "gumbel for dab-bernoulli); the latent stays the hard code whichever it is",
+        exclude_if=lambda v: v == "dab",
     )
     approximator: Literal["auto", "elementwise", "dense"] = Field(
         "auto", description="auto: elementwise for bernoulli/signum, dense for binary"
