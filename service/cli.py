@@ -308,10 +308,12 @@ def _metric_text(res: dict[str, Any], metric: str) -> tuple[str, float]:
     return escape(f"{info.get('display') or metric}{' (%)' if pct else ''}, {read}"), 100.0 if pct else 1.0
 
 
-def _results_table(res: dict[str, Any]) -> Table:
+def _results_table(res: dict[str, Any], caption: str | None = None) -> Table:
     table = Table(
         title="results (mean ± std over seeds of each run's value: its final one, or its max or min)",
         title_justify="left",
+        caption=escape(caption) if caption else None,
+        caption_justify="left",
         box=box.SIMPLE_HEAD,
     )
     for col in ("cell", "metric", "mean ± std", "n", "min", "max", "paper", "p (Welch)"):
@@ -340,8 +342,10 @@ def _results_table(res: dict[str, Any]) -> Table:
 
 
 def _show_results(api: ApiClient, sweep_id: str) -> None:
+    """The results table, captioned with the spec's description (what its budget shows)."""
     res = api.json("GET", f"/v1/sweeps/{sweep_id}/results")
-    _console().print(_results_table(res))
+    spec = api.json("GET", f"/v1/sweeps/{sweep_id}").get("spec") or {}
+    _console().print(_results_table(res, spec.get("description") or None))
 
 
 def _end_code(state: str) -> int:

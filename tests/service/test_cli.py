@@ -175,3 +175,6 @@ def test_results_table_reads_units_and_names_from_the_results() -> None:
         "toy error, run min": ["0.3 ± 0.0707", "2/2", "0.2293", "0.3707"],  # raw: no %
         "train_loss, final": ["12.5 ± 0.25", "2/2", "12.25", "12.75"],
     }
+    captioned = Console(width=120, record=True)
+    captioned.print(_results_table(res, "at this budget [the paper's effect] does not show"))
+    assert captioned.export_text().rstrip().endswith("at this budget [the paper's effect] does not show")
