@@ -280,13 +280,15 @@ def _plan(
     """Lay `cfgs` (cell_key -> config) out in rows and columns. Rows keep the cells' order
     unless `row_rank` orders them; columns are sorted when numeric, else in the cells' order,
     unless `col_rank` orders them. Fields that tell apart two cells at one point are added to
-    the row label."""
+    the row labels of those cells."""
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for c in cfgs.values():
         groups.setdefault((row_of(c), value_key(col_of(c))), []).append(c)
     extras = sorted({f for cs in groups.values() if len(cs) > 1 for f in _varying(cs)})
 
     def row(c: Mapping[str, Any]) -> str:
+        if len(groups[(row_of(c), value_key(col_of(c)))]) < 2:
+            return row_of(c)  # alone at its point: its plain label
         more = ", ".join(f"{k}={_fmt_value(c.get(k))}" for k in extras)
         return f"{row_of(c)} ({more})" if more else row_of(c)
 

@@ -19,8 +19,8 @@ runner = CliRunner()
 def test_preview_prints_cells_and_totals() -> None:
     result = runner.invoke(app, ["preview", str(ROOT / "configs" / "quickstart.yaml")])
     assert result.exit_code == 0, result.output
-    assert "model=signum-dense" in result.stdout and "model=elu-dense" in result.stdout
-    assert "4 trials in 2 cells" in result.stdout
+    assert "estimator=ste,model=signum-dense" in result.stdout and "model=elu-dense" in result.stdout
+    assert "6 trials in 3 cells" in result.stdout
     assert "0.993 ± 0.0025" in result.stdout  # the paper's value for the cell
 
 

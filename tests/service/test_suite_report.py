@@ -149,7 +149,7 @@ def test_the_paper_suite_gives_each_table_and_figure_in_the_papers_order(
         ("Baseline", "identity"),
         ("Signum", "signum"),
         ("Sort", "sort_rowcol"),
-        ("Topk", "topk(k=512)"),
+        ("Topk", "topk(k=512, reading=largest)"),
         ("K-Means", "kmeans(k=10)"),
     ]
     assert cell_at(t2, "Baseline", "test accuracy")["paper"] == {
@@ -366,8 +366,13 @@ def test_a_member_of_no_paper_table_gets_its_results_table_and_duplicates_are_ke
     report = report_of(members, fake)
     assert [s["id"] for s in report.data["sections"]] == ["table1", "table1_quickstart", "results_my_sweep"]
     dup = section(report, "table1_quickstart")
-    assert dup["title"].endswith("(quickstart.yaml)") and [r["label"] for r in dup["rows"]] == ["T=5"]
-    assert cell_at(dup, "T=5", "Signum-Dense")["paper"]["source"] == "Table 1, T=5, full budget"
+    # two Signum-Dense cells at T=5 (DAB and STE): the estimator tells their rows apart
+    assert dup["title"].endswith("(quickstart.yaml)")
+    assert [r["label"] for r in dup["rows"]] == ["T=5 (estimator=dab)", "T=5 (estimator=ste)", "T=5"]
+    dab = cell_at(dup, "T=5 (estimator=dab)", "Signum-Dense")
+    assert dab["paper"]["source"] == "Table 1, T=5, full budget"
+    assert cell_at(dup, "T=5 (estimator=ste)", "Signum-Dense")["paper"] is None
+    assert cell_at(dup, "T=5", "ELU-Dense")["paper"]["value"] == 0.8646
 
     generic = section(report, "results_my_sweep")
     assert (generic["kind"], generic["member"]) == ("table", "own/my_sweep.yaml")

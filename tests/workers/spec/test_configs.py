@@ -79,22 +79,29 @@ def test_every_config_validates_and_states_what_it_reproduces(path: str) -> None
         assert re.search(rf"=\s*{len(trials)}\b", header), "the header's trial arithmetic"
 
 
-def test_quickstart_is_four_small_trials() -> None:
+def test_quickstart_is_six_small_trials() -> None:
     spec = load_spec(CONFIGS / "quickstart.yaml")
     assert isinstance(spec, SweepSpec)
     trials = expand(spec)
-    assert len(trials) == 4
-    assert {t.config["model"] for t in trials} == {"signum-dense", "elu-dense"}
+    assert len(trials) == 6
+    assert {(t.config["model"], t.config["estimator"]) for t in trials} == {
+        ("signum-dense", "dab"),
+        ("signum-dense", "ste"),
+        ("elu-dense", None),
+    }
+    assert "does not show" in spec.description  # the caption says what this budget shows
     assert {t.config["seq_len"] for t in trials} == {5} and spec.seeds == [0, 1]
     assert all(t.config["steps"] * t.config["batch_size"] <= 5_000_000 for t in trials)
     assert spec.resources.gpu == 0 and (spec.limits.max_concurrent or 1) <= 2
 
 
 QUICKSTART_KEYS = [
-    "0d15b3cc097b63d89ed1",
-    "9a5bbb33abf88d9ea271",
-    "1012ae867a9c9d46533e",
-    "14f65fdfb1b684f21be5",
+    "ec643892aa0c6334c599",
+    "738a26667b0375fbf3ad",
+    "deea630ffbb331b7b4f9",
+    "9631aa32f28a7cf2b337",
+    "9acaabbba1d210a336e1",
+    "1dffdfacf76be4eee623",
 ]
 
 
