@@ -1,6 +1,11 @@
 """The sweep lifecycle: submit a sweep's driver as a Ray Job, follow it, cancel it, and reconcile
 every unfinished sweep with its job (at start and then every `poll_interval_s`).
 
+(Over 500 lines because the state machine below is one unit: the queue, admission, submission,
+cancel and the reconciler's transitions each read the others' states, and a reader checks a
+transition against all of them here. Trial sharing is `service.sharing`, suites
+`service.suites`, the snapshot `service.snapshot`, the end `service.finalize`.)
+
 State machine of a sweep (the ``state`` column)::
 
     queued --(admitted: a driver slot is free)--> running --(job SUCCEEDED)--> finished
