@@ -3,9 +3,9 @@ change."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -26,23 +26,39 @@ def find_by_idempotency_key(session: Session, key: str) -> Sweep | None:
     return session.scalars(select(Sweep).where(Sweep.idempotency_key == key)).first()
 
 
-def create_sweep(session: Session, sweep: Sweep) -> Sweep:
-    """Insert `sweep`. A concurrent insert with the same idempotency key returns that sweep
-    (same body) or raises ConflictError (another body)."""
-    session.add(sweep)
+_Keyed = TypeVar("_Keyed", Sweep, Suite)
+
+
+def _insert_once(
+    session: Session,
+    row: _Keyed,
+    rows: Sequence[Any],
+    find: Callable[[Session, str], _Keyed | None],
+    conflict: Callable[[_Keyed], ConflictError],
+) -> _Keyed:
+    """Insert `row` (and `rows` with it, in one transaction). When a concurrent insert took
+    the same idempotency key first: that row if it has the same spec hash, else `conflict`."""
+    session.add(row)
+    session.add_all(rows)
     try:
         session.commit()
     except IntegrityError:
         session.rollback()
-        if sweep.idempotency_key is None:
+        if row.idempotency_key is None:
             raise
-        other = find_by_idempotency_key(session, sweep.idempotency_key)
+        other = find(session, row.idempotency_key)
         if other is None:
             raise
-        if other.spec_hash != sweep.spec_hash:
-            raise idempotency_conflict(other) from None
+        if other.spec_hash != row.spec_hash:
+            raise conflict(other) from None
         return other
-    return sweep
+    return row
+
+
+def create_sweep(session: Session, sweep: Sweep) -> Sweep:
+    """Insert `sweep`. A concurrent insert with the same idempotency key returns that sweep
+    (same body) or raises ConflictError (another body)."""
+    return _insert_once(session, sweep, (), find_by_idempotency_key, idempotency_conflict)
 
 
 def idempotency_conflict(other: Sweep) -> ConflictError:
@@ -146,25 +162,24 @@ def suite_idempotency_conflict(other: Suite) -> ConflictError:
 def create_suite(session: Session, suite: Suite, members: Sequence[Sweep]) -> Suite:
     """Insert `suite` and its member sweeps in one transaction. A concurrent insert with the
     same idempotency key returns that suite (same members) or raises ConflictError."""
-    session.add(suite)
-    session.add_all(members)
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        if suite.idempotency_key is None:
-            raise
-        other = find_suite_by_idempotency_key(session, suite.idempotency_key)
-        if other is None:
-            raise
-        if other.spec_hash != suite.spec_hash:
-            raise suite_idempotency_conflict(other) from None
-        return other
-    return suite
+    return _insert_once(session, suite, members, find_suite_by_idempotency_key, suite_idempotency_conflict)
 
 
 def suite_members(session: Session, suite_id: str) -> list[Sweep]:
-    return list(session.scalars(select(Sweep).where(Sweep.suite_id == suite_id).order_by(Sweep.member_index)))
+    return members_of_suites(session, [suite_id]).get(suite_id, [])
+
+
+def members_of_suites(session: Session, suite_ids: Sequence[str]) -> dict[str, list[Sweep]]:
+    """suite id -> its member sweeps in listed order, for many suites in one query."""
+    out: dict[str, list[Sweep]] = {}
+    if not suite_ids:
+        return out
+    query = (
+        select(Sweep).where(Sweep.suite_id.in_(list(suite_ids))).order_by(Sweep.suite_id, Sweep.member_index)
+    )
+    for sweep in session.scalars(query):
+        out.setdefault(str(sweep.suite_id), []).append(sweep)
+    return out
 
 
 def list_suites(session: Session, *, limit: int, offset: int) -> tuple[list[Suite], int]:
@@ -220,6 +235,7 @@ __all__ = [
     "idempotency_conflict",
     "list_suites",
     "list_sweeps",
+    "members_of_suites",
     "suite_idempotency_conflict",
     "suite_members",
     "unfinalized_suites",

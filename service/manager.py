@@ -577,14 +577,17 @@ class SweepManager:
                 changed["results"], changed["results_runs"] = self.reads.default_results(sweep, exp_id)
             except Exception as e:
                 log.warning("sweep %s: results not refreshed: %s: %s", sweep.id, type(e).__name__, e)
+        if "trials" in changed:  # a trial this sweep finished is now every later sweep's to adopt
+            finished = finished_runs_of(changed["trials"])
+            # Only when a trial finished since the row's snapshot (progress alone changes the
+            # trials every pass), and before the row is written: a crash in between leaves the
+            # row as it was, so the next pass records them again.
+            if finished and finished != finished_runs_of(sweep.trials or {}):
+                with self.sessions() as s:
+                    sharing.record_finished(s, sweep.id, finished)
         if changed or sweep.snapshot_at is None:
             with self.sessions() as s:
                 crud.update_sweep(s, sweep.id, snapshot_at=now, **changed)
-        if "trials" in changed:  # a trial this sweep finished is now every later sweep's to adopt
-            finished = finished_runs_of(changed["trials"])
-            if finished:
-                with self.sessions() as s:
-                    sharing.record_finished(s, sweep.id, finished)
 
     def _find_ids(self, sweep_id: str) -> tuple[str | None, str | None]:
         """The sweep's MLflow experiment and parent run, derived from its id (None: not yet)."""

@@ -262,7 +262,7 @@ class Reads:
         """trial_key -> the other sweep's run, for the trials this sweep adopted (its snapshot
         says which) and has no run of its own for. A FINISHED run never changes: each is read
         from MLflow once (`_adopted` LRU)."""
-        from service.results import TrialRun
+        from service.results import trial_run_of
 
         trials = getattr(sweep, "trials", None)
         if trials is None:
@@ -276,20 +276,7 @@ class Reads:
                 hit = self._adopted.get(run_id)
             if hit is None:
                 self.mlflow_queries += 1
-                r = self.mlflow().get_run(run_id)
-                tags = r.data.tags
-                seed = tags.get("dab.seed")
-                hit = TrialRun(
-                    run_id=run_id,
-                    trial_key=key,
-                    cell_key=tags.get("dab.cell_key", ""),
-                    seed=int(seed) if seed and seed.lstrip("-").isdigit() else None,
-                    status=r.info.status,
-                    metrics=dict(r.data.metrics),
-                    start_time=r.info.start_time,
-                    end_time=r.info.end_time,
-                    adopted_from=t.get("adopted_from"),
-                )
+                hit = trial_run_of(self.mlflow().get_run(run_id), key, t.get("adopted_from"))
                 if hit.status == "FINISHED":
                     with self._lock:
                         self._adopted[run_id] = hit

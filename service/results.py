@@ -53,9 +53,28 @@ class TrialRun:
     adopted_from: str | None = None  # the sweep whose run this is, when this sweep adopted it
 
 
+def trial_run_of(r: Any, key: str, adopted_from: str | None = None) -> TrialRun:
+    """An MLflow run (as `MlflowClient` returns it) of trial `key` as a `TrialRun`."""
+    from workers.tracking import TAG_CELL_KEY, TAG_SEED
+
+    tags = r.data.tags
+    seed = tags.get(TAG_SEED)
+    return TrialRun(
+        run_id=r.info.run_id,
+        trial_key=key,
+        cell_key=tags.get(TAG_CELL_KEY, ""),
+        seed=int(seed) if seed and seed.lstrip("-").isdigit() else None,
+        status=r.info.status,
+        metrics=dict(r.data.metrics),
+        start_time=r.info.start_time,
+        end_time=r.info.end_time,
+        adopted_from=adopted_from,
+    )
+
+
 def trial_runs(client: Any, experiment_id: str, sweep_id: str) -> dict[str, TrialRun]:
     """trial_key -> its run (FINISHED first, then the one furthest along, as the driver picks)."""
-    from workers.tracking import ROLE_TRIAL, TAG_CELL_KEY, TAG_ROLE, TAG_SEED, TAG_SWEEP_ID, TAG_TRIAL_KEY
+    from workers.tracking import ROLE_TRIAL, TAG_ROLE, TAG_SWEEP_ID, TAG_TRIAL_KEY
 
     rank = {"FINISHED": 0, "RUNNING": 1, "KILLED": 2, "FAILED": 3}
     out: dict[str, TrialRun] = {}
@@ -64,21 +83,10 @@ def trial_runs(client: Any, experiment_id: str, sweep_id: str) -> dict[str, Tria
     while True:
         page = client.search_runs([experiment_id], flt, max_results=5000, page_token=token)
         for r in page:
-            tags = r.data.tags
-            key = tags.get(TAG_TRIAL_KEY)
+            key = r.data.tags.get(TAG_TRIAL_KEY)
             if not key:
                 continue
-            seed = tags.get(TAG_SEED)
-            run = TrialRun(
-                run_id=r.info.run_id,
-                trial_key=key,
-                cell_key=tags.get(TAG_CELL_KEY, ""),
-                seed=int(seed) if seed and seed.lstrip("-").isdigit() else None,
-                status=r.info.status,
-                metrics=dict(r.data.metrics),
-                start_time=r.info.start_time,
-                end_time=r.info.end_time,
-            )
+            run = trial_run_of(r, key)
             old = out.get(key)
             if old is None or (rank.get(run.status, 4), -run.metrics.get("step", 0)) < (
                 rank.get(old.status, 4),
@@ -364,5 +372,6 @@ __all__ = [
     "run_value",
     "to_csv",
     "to_markdown",
+    "trial_run_of",
     "trial_runs",
 ]

@@ -605,6 +605,24 @@ class _Notes:
         return f" [{n}]"
 
 
+def _section(d: _Data, sid: str, kind: str, title: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A section's JSON: what it is, whose numbers, and its rows (caption and figure set later)."""
+    return {
+        "id": sid,
+        "kind": kind,
+        "title": title,
+        "member": d.member.file,
+        "sweep_id": d.member.sweep_id,
+        "metric": d.metric,
+        "display": label(d.info),
+        "agg": d.info["agg"],
+        "unit": d.info["unit"],
+        "figure": None,
+        "note": None,
+        "rows": rows,
+    }
+
+
 def _plan_section(
     plan: _Plan, sid: str, title: str, files: Mapping[str, str]
 ) -> tuple[dict[str, Any], list[str]]:
@@ -617,20 +635,7 @@ def _plan_section(
             if (r, value_key(v)) in plan.points
         ]
         rows_json.append({"label": r, "detail": plan.details.get(r), "cells": cells})
-    section: dict[str, Any] = {
-        "id": sid,
-        "kind": plan.kind,
-        "title": title,
-        "member": d.member.file,
-        "sweep_id": d.member.sweep_id,
-        "metric": d.metric,
-        "display": label(d.info),
-        "agg": d.info["agg"],
-        "unit": d.info["unit"],
-        "figure": None,
-        "note": None,
-        "rows": rows_json,
-    }
+    section = _section(d, sid, plan.kind, title, rows_json)
     all_cells = [c for row in rows_json for c in row["cells"]]
     caption = (
         f"{_caption(d.results, d.metric)}; each cell: values of finished trials out of its seeds. "
@@ -676,21 +681,7 @@ def _generic_section(d: _Data, sid: str, files: Mapping[str, str]) -> tuple[dict
         f"{_caption(d.results, d.metric)}; n: values of finished trials out of the cell's seeds. "
         f"{_origin(d)}{_sources([r['cells'][0] for r in rows])}"
     )
-    section = {
-        "id": sid,
-        "kind": "table",
-        "title": title,
-        "member": m.file,
-        "sweep_id": m.sweep_id,
-        "metric": d.metric,
-        "display": label(d.info),
-        "agg": d.info["agg"],
-        "unit": d.info["unit"],
-        "figure": None,
-        "note": None,
-        "caption": caption,
-        "rows": rows,
-    }
+    section = {**_section(d, sid, "table", title, rows), "caption": caption}
     md = [f"## {title}", "", caption, "", to_markdown(d.results).strip(), ""]
     notes = _Notes(files)
     incomplete = []

@@ -88,9 +88,12 @@ class Suites:
         self.reads = reads
         self._failures: dict[str, int] = {}
 
-    def _load(self, suite_id: str) -> tuple[Suite, list[Sweep]]:
+    def _load(self, suite_id: str, with_report: bool = False) -> tuple[Suite, list[Sweep]]:
+        """The suite's row (its deferred report too when asked) and its members'."""
         with self.sessions() as s:
             suite = crud.get_suite(s, suite_id)
+            if with_report:
+                _ = suite.report  # load the deferred column before the rows leave the session
             members = crud.suite_members(s, suite_id)
             s.expunge_all()
         return suite, members
@@ -143,7 +146,8 @@ class Suites:
     def list(self, limit: int, offset: int, base_url: str) -> SuitesPublic:
         with self.sessions() as s:
             rows, count = crud.list_suites(s, limit=limit, offset=offset)
-            out = [self.public(r, crud.suite_members(s, r.id), base_url) for r in rows]
+            members = crud.members_of_suites(s, [r.id for r in rows])
+            out = [self.public(r, members.get(r.id, []), base_url) for r in rows]
         return SuitesPublic(data=out, count=count)
 
     # -- the report --------------------------------------------------------------------------
@@ -151,11 +155,9 @@ class Suites:
     def report(self, suite_id: str) -> dict[str, Any]:
         """{markdown, figures: {name: PNG bytes}, data, artifact_path, state}: stored once every
         member has ended; computed from MLflow behind the TTL before."""
-        suite, members = self._load(suite_id)
+        suite, members = self._load(suite_id, with_report=True)
         state = suite_state([m.state for m in members], suite.cancel_requested)
-        with self.sessions() as s:
-            stored = s.get(Suite, suite_id)
-            report = stored.report if stored is not None else None
+        report = suite.report
         if report is not None:
             return {**report, "figures": decode_figures(report), "state": state}
         key = ("suite-report", suite_id, tuple((m.id, m.state, m.results_runs) for m in members))

@@ -34,9 +34,8 @@ def stable_seed(*parts: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def activation_module(name: str) -> nn.Module:
-    """The activation layer a config names (the one map: `dab_core.approximators.activation`)."""
-    return activation(name)
+#: The activation layer a config names: `dab_core.approximators.activation`, the one map.
+activation_module = activation
 
 
 def _known_estimator(name: str) -> str:

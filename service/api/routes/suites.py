@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import StateDep
-from service.api.routes.sweeps import PRIORITY, _body, _conditional
+from service.api.http import IdempotencyKey, Priority, conditional
 from service.api.schemas import SuitePublic, SuiteReportPublic, SuitesPublic
 from service.specs import check_suite
 
@@ -53,20 +53,12 @@ async def submit_suite(
     request: Request,
     response: Response,
     state: StateDep,
-    priority: PRIORITY = 0,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            max_length=200,
-            pattern=r"^[\x21-\x7e]+$",
-            description="the same key and body return the same suite; other members are a 409",
-        ),
-    ] = None,
+    priority: Priority = 0,
+    idempotency_key: IdempotencyKey = None,
 ) -> SuitePublic:
     """Submit a suite: every member validated, stored and queued as a sweep in one transaction;
     they start as driver slots free, and a trial two members share runs once."""
-    body = await _body(request)
+    body = await request.body()
     checked = await run_in_threadpool(check_suite, body, request.headers.get("content-type"), state.settings)
     suite, created = await run_in_threadpool(
         state.manager.create_suite,
@@ -89,7 +81,7 @@ async def preview_suite(request: Request, state: StateDep) -> dict[str, Any]:
     two members share counted once and those this service has finished already."""
     from workers.spec import preview
 
-    body = await _body(request)
+    body = await request.body()
     checked = await run_in_threadpool(check_suite, body, request.headers.get("content-type"), state.settings)
     summary = await run_in_threadpool(preview, checked.suite)
     done = await run_in_threadpool(state.manager.finished_elsewhere, checked.trial_keys)
@@ -138,11 +130,11 @@ def get_suite_report(
     member has ended; computed from MLflow while they run."""
     suites = state.manager.suites
     if format == "markdown":
-        return _conditional(
+        return conditional(
             request, suites.report(suite_id)["markdown"].encode(), "text/markdown; charset=utf-8"
         )
     body = suites.report_public(suite_id, str(request.base_url)).model_dump_json().encode()
-    return _conditional(request, body, "application/json")
+    return conditional(request, body, "application/json")
 
 
 @router.get("/{suite_id}/report/figures/{name}", responses={200: {"content": {"image/png": {}}}})
@@ -155,4 +147,4 @@ def get_suite_figure(suite_id: str, name: str, request: Request, state: StateDep
             f"no figure {name!r} in this suite's report; figures: {', '.join(figures) or 'none'}",
             field="name",
         )
-    return _conditional(request, figures[name], "image/png")
+    return conditional(request, figures[name], "image/png")

@@ -6,10 +6,11 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import ReadsDep, StateDep
+from service.api.http import IdempotencyKey, Priority, conditional
 from service.api.schemas import (
     ReportPublic,
     ResultsPublic,
@@ -39,46 +40,17 @@ _SPEC_BODY: dict[str, Any] = {
 }
 
 
-PRIORITY = Annotated[
-    int,
-    Query(
-        ge=-1000, le=1000, description="queued sweeps start highest priority first, then in submission order"
-    ),
-]
-
-
-async def _body(request: Request) -> bytes:
-    return await request.body()
-
-
-def _conditional(request: Request, body: bytes, media_type: str, etag: str | None = None) -> Response:
-    """`body` with an ETag (its hash unless given); 304 when the client already holds it."""
-    tag = f'"{etag or hashlib.blake2b(body, digest_size=12).hexdigest()}"'
-    headers = {"ETag": tag, "Cache-Control": "no-cache"}  # always revalidate: cheap, never stale
-    if tag in request.headers.get("if-none-match", ""):
-        return Response(status_code=304, headers=headers)
-    return Response(body, media_type=media_type, headers=headers)
-
-
 @router.post("", status_code=202, response_model=SweepPublic, openapi_extra=_SPEC_BODY)
 async def submit_sweep(
     request: Request,
     response: Response,
     state: StateDep,
-    priority: PRIORITY = 0,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            max_length=200,
-            pattern=r"^[\x21-\x7e]+$",
-            description="the same key and body return the same sweep; another body is a 409",
-        ),
-    ] = None,
+    priority: Priority = 0,
+    idempotency_key: IdempotencyKey = None,
 ) -> SweepPublic:
     """Submit a sweep: validated, expanded, stored and queued; its driver is submitted as a Ray
     Job when a driver slot is free (at once, if one is)."""
-    body = await _body(request)
+    body = await request.body()
     checked = await run_in_threadpool(check_spec, body, request.headers.get("content-type"), state.settings)
     sweep, created = await run_in_threadpool(state.manager.create, checked, idempotency_key, priority)
     response.headers["Location"] = f"/v1/sweeps/{sweep.id}"
@@ -91,7 +63,7 @@ async def submit_sweep(
 async def preview_sweep(request: Request, state: StateDep) -> dict[str, Any]:
     """What the spec expands to, without running it: trials, cells, replicates, resources, and
     how many of its trials this service has finished already (they would be adopted)."""
-    body = await _body(request)
+    body = await request.body()
     checked = await run_in_threadpool(check_spec, body, request.headers.get("content-type"), state.settings)
     summary = await run_in_threadpool(preview_spec, checked.spec)
     done = await run_in_threadpool(state.manager.finished_elsewhere, [t.trial_key for t in checked.trials])
@@ -118,7 +90,7 @@ async def get_sweep(sweep_id: str, request: Request, reads: ReadsDep) -> Respons
     sweep = reads.sweep(sweep_id)
     detail = reads.detail(sweep, str(request.base_url))
     stamp = f"{sweep.id}-{sweep.updated_at.timestamp()}-{request.base_url}"
-    return _conditional(request, detail.model_dump_json().encode(), "application/json", _hash(stamp))
+    return conditional(request, detail.model_dump_json().encode(), "application/json", _hash(stamp))
 
 
 def _hash(text: str) -> str:
@@ -171,10 +143,10 @@ def get_results(
 
     body = reads.results(sweep_id, metric, agg, reference)
     if format == "csv":
-        return _conditional(request, to_csv(json.loads(body)).encode(), "text/csv; charset=utf-8")
+        return conditional(request, to_csv(json.loads(body)).encode(), "text/csv; charset=utf-8")
     if format == "markdown":
-        return _conditional(request, to_markdown(json.loads(body)).encode(), "text/markdown; charset=utf-8")
-    return _conditional(request, body.encode(), "application/json")
+        return conditional(request, to_markdown(json.loads(body)).encode(), "text/markdown; charset=utf-8")
+    return conditional(request, body.encode(), "application/json")
 
 
 @router.get(
@@ -189,13 +161,13 @@ def get_report(
     """Paper-style tables (Markdown) and figures (PNG). Stored, and logged on the parent run,
     once the sweep has ended; computed from MLflow (and written nowhere) while it runs."""
     if format == "markdown":
-        return _conditional(
+        return conditional(
             request, reads.report(sweep_id)["markdown"].encode(), "text/markdown; charset=utf-8"
         )
     body = reads.report_public(sweep_id, str(request.base_url)).model_dump_json().encode()
-    return _conditional(request, body, "application/json")
+    return conditional(request, body, "application/json")
 
 
 @router.get("/{sweep_id}/report/figures/{name}", responses={200: {"content": {"image/png": {}}}})
 def get_report_figure(sweep_id: str, name: str, request: Request, reads: ReadsDep) -> Response:
-    return _conditional(request, reads.figure(sweep_id, name), "image/png")
+    return conditional(request, reads.figure(sweep_id, name), "image/png")
