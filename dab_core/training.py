@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,6 +21,8 @@ import torch
 from dab_core.config import TrialConfig
 
 Report = Callable[[dict[str, float], "str | None"], None]
+#: ``report(per_member_metrics, checkpoint_dir_or_None)`` of `fit_group`.
+GroupReport = Callable[[list[dict[str, float]], "str | None"], None]
 CHECKPOINT_FILE = "trial.pt"
 ARTIFACTS_DIR = "artifacts"
 CHECKPOINT_FORMAT = 1
@@ -161,6 +163,49 @@ def remove_orphan_checkpoint_dirs(root: str | None = None) -> list[Path]:
     return removed
 
 
+class _Stepper:
+    """One task's way through its steps, one report interval at a time (`fit`, `fit_group`)."""
+
+    def __init__(self, task: Task, start: int) -> None:
+        self.task = task
+        self.step = start
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.task.config.steps
+
+    def advance(self) -> dict[str, float]:
+        """Train to the next report point (every ``eval_every`` steps, and the last step) and
+        return its metrics: the training losses averaged over the interval, the evaluation, and
+        ``samples_per_s`` over the training alone."""
+        cfg, task = self.task.config, self.task
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        began = time.perf_counter()
+        while True:
+            for key, value in task.train_step(self.step).items():
+                sums[key] = sums[key] + value if key in sums else value.clone()
+            count += 1
+            self.step += 1
+            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                break
+        train = {key: float(total) / count for key, total in sums.items()}
+        seconds = time.perf_counter() - began
+        metrics = {"step": float(self.step), **train, **task.evaluate()}
+        if task.samples_per_step():
+            metrics["samples_per_s"] = count * task.samples_per_step() / max(seconds, 1e-9)
+        return metrics
+
+    def checkpoint_due(self) -> bool:
+        cfg = self.task.config
+        return self.step % cfg.checkpoint_interval == 0 or self.step == cfg.steps
+
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        save_checkpoint(directory, self.task, self.step)
+        if self.step == self.task.config.steps:
+            self.task.artifacts(Path(directory) / ARTIFACTS_DIR)
+
+
 def fit(task: Task, report: Report | None = None, checkpoint_dir: str | None = None) -> dict[str, float]:
     """Train `task` to ``config.steps``, reporting every ``eval_every`` steps and at the end.
 
@@ -170,42 +215,99 @@ def fit(task: Task, report: Report | None = None, checkpoint_dir: str | None = N
     as Ray Tune does). Returns the last report's metrics (a trial resumed from its final
     checkpoint trains no more and returns a fresh evaluation).
     """
-    cfg = task.config
     if report is not None:
         remove_orphan_checkpoint_dirs()
     start = load_checkpoint(checkpoint_dir, task) if checkpoint_dir and has_checkpoint(checkpoint_dir) else 0
-    if start >= cfg.steps:  # resumed from the final checkpoint: nothing left to train
+    run = _Stepper(task, start)
+    if run.done:  # resumed from the final checkpoint: nothing left to train
         return {"step": float(start), **task.evaluate()}
-    sums: dict[str, torch.Tensor] = {}
-    count = 0
     metrics: dict[str, float] = {}
-    last_time = time.perf_counter()
-    for step in range(start, cfg.steps):
-        for key, value in task.train_step(step).items():
-            sums[key] = sums[key] + value if key in sums else value.clone()
-        count += 1
-        done = step + 1
-        if done % cfg.eval_every and done != cfg.steps:
+    while not run.done:
+        metrics = run.advance()
+        if report is None:
             continue
-        train = {key: float(total) / count for key, total in sums.items()}
-        now = time.perf_counter()
-        metrics = {"step": float(done), **train, **task.evaluate()}
-        if task.samples_per_step():
-            metrics["samples_per_s"] = count * task.samples_per_step() / max(now - last_time, 1e-9)
-        sums, count = {}, 0
-        if report is not None:
-            if done % cfg.checkpoint_interval == 0 or done == cfg.steps:
-                tmp = tempfile.mkdtemp(prefix=f"{CHECKPOINT_TMP_PREFIX}{os.getpid()}-")
-                try:
-                    save_checkpoint(tmp, task, done)
-                    if done == cfg.steps:
-                        task.artifacts(Path(tmp) / ARTIFACTS_DIR)
-                    report(metrics, tmp)
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                report(metrics, None)
-        last_time = time.perf_counter()
+        if not run.checkpoint_due():
+            report(metrics, None)
+            continue
+        tmp = tempfile.mkdtemp(prefix=f"{CHECKPOINT_TMP_PREFIX}{os.getpid()}-")
+        try:
+            run.save(tmp)
+            report(metrics, tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return metrics
+
+
+def member_dir(directory: str | os.PathLike[str], index: int) -> Path:
+    """Where member `index` of a group checkpoint keeps its own checkpoint (`fit_group`)."""
+    return Path(directory) / f"member-{index}"
+
+
+def fit_group(
+    configs: Sequence[Mapping[str, Any]],
+    report: GroupReport | None = None,
+    checkpoint_dir: str | None = None,
+) -> list[dict[str, float]]:
+    """Train several trials in one process in lockstep: the seeds of one configuration.
+
+    Each member trains exactly as `run_trial` would train it alone: it is built from its own
+    seed, and the global RNG is switched to the member's own state around each of its report
+    intervals, so its parameters, data order and sampling are the lone run's, bit for bit on
+    the CPU. The members must share ``steps``, ``eval_every`` and ``checkpoint_every`` (they
+    differ in ``seed``): they report together, ``report(per_member_metrics, checkpoint_dir)``,
+    once every member reached the report point. A checkpoint directory holds each member's
+    checkpoint in ``member-<i>/`` (`member_dir`), artifacts included at the end.
+
+    Returns:
+        Each member's last metrics (a group resumed from its final checkpoint trains no more
+        and returns fresh evaluations).
+    """
+    from dab_core.experiments import parse_config
+
+    if not configs:
+        raise ValueError("fit_group needs at least one trial config")
+    parsed = [parse_config(c) for c in configs]
+    timing = {(p.steps, p.eval_every, p.checkpoint_interval) for p in parsed}
+    if len(timing) > 1:
+        raise ValueError(
+            "the members of a group must share steps, eval_every and checkpoint_every: got "
+            + ", ".join(f"{t}" for t in sorted(timing))
+        )
+    if report is not None:
+        remove_orphan_checkpoint_dirs()
+    runs: list[_Stepper] = []
+    rngs: list[dict[str, Any]] = []
+    for i, cfg in enumerate(parsed):
+        task = build_task(cfg)  # seeds the global RNG with the member's seed, then builds
+        own = member_dir(checkpoint_dir, i) if checkpoint_dir else None
+        start = load_checkpoint(own, task) if own is not None and has_checkpoint(own) else 0
+        runs.append(_Stepper(task, start))
+        rngs.append(_rng_state())
+    if len({r.step for r in runs}) > 1:
+        raise ValueError(f"a group checkpoint whose members are at different steps: {[r.step for r in runs]}")
+    if runs[0].done:
+        return [{"step": float(r.step), **r.task.evaluate()} for r in runs]
+    metrics: list[dict[str, float]] = []
+    while not runs[0].done:
+        metrics = []
+        for i, run in enumerate(runs):
+            _set_rng_state(rngs[i])
+            metrics.append(run.advance())
+            rngs[i] = _rng_state()
+        if report is None:
+            continue
+        if not runs[0].checkpoint_due():
+            report(metrics, None)
+            continue
+        tmp = tempfile.mkdtemp(prefix=f"{CHECKPOINT_TMP_PREFIX}{os.getpid()}-")
+        try:
+            for i, run in enumerate(runs):
+                _set_rng_state(rngs[i])  # the checkpoint holds the member's own RNG state
+                run.save(member_dir(tmp, i))
+                rngs[i] = _rng_state()
+            report(metrics, tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return metrics
 
 
@@ -243,12 +345,15 @@ def run_trial(
 
 
 __all__ = [
+    "GroupReport",
     "Report",
     "Task",
     "build_task",
     "fit",
+    "fit_group",
     "has_checkpoint",
     "load_checkpoint",
+    "member_dir",
     "resolve_device",
     "run_trial",
     "save_checkpoint",
