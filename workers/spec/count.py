@@ -84,7 +84,10 @@ def excluded(spec: SweepSpec) -> int:
 
 
 def count_cells(spec: SweepSpec) -> int:
-    """Cells of the sweep (product - excluded + included), computed without expanding."""
+    """Cells of the sweep (product - excluded + included), computed without expanding; a
+    search's configurations (at most: a search can end before its budget)."""
+    if spec.search is not None:
+        return spec.num_configs
     return product_size(spec) - excluded(spec) + len(spec.include)
 
 
@@ -95,6 +98,8 @@ def count_trials(spec: SweepSpec) -> int:
 
 def count_formula(spec: SweepSpec) -> str:
     """The arithmetic of `count_trials`, for messages: ``grid 100 x 100 = 10,000 cells, x 100 replicates``."""
+    if spec.search is not None:
+        return f"{spec.num_configs:,} {spec.search.algorithm} configurations, x {len(spec.seeds)} replicates"
     axes = " x ".join(str(len(v)) for v in spec.grid.values()) or "no axes"
     parts = [f"grid {axes} = {product_size(spec):,} cells"]
     if spec.exclude:

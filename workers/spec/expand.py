@@ -291,6 +291,46 @@ class _Expander:
                 out.append(Trial(len(out), t.cell, t.cell_key, t.replicate, t.seed, t.config, t.trial_key))
         return out
 
+    def search_trials(self, cells: Sequence[Mapping[str, Any]], first: int = 0) -> list[Trial]:
+        """The trials of a search's proposed configurations: cell ``first + i`` is `cells[i]`
+        (searched field -> value); each is trained with every seed, so its trials are indexed
+        configuration-major (``index = configuration * replicates + replicate``)."""
+        seeds = self.spec.seeds
+        out: list[Trial] = []
+        for i, values in enumerate(cells):
+            prov: Provenance = {}
+            for k, v in values.items():
+                _provenance(prov, tuple(k.split(".")), ("space", k), v)
+            cell = _Cell(dict(values), ("space",), prov)
+            ck = cell_key_of(cell.values)
+            raw, prov = self.raw_config(cell, ck)
+            for r, seed in enumerate(seeds):
+                raw["seed"] = seed
+                prov[("seed",)] = ("replicates",) if isinstance(self.spec.replicates, int) else ("replicates", r)
+                config = self.validate(raw, cell, ck, prov)
+                index = (first + i) * len(seeds) + r
+                out.append(Trial(index, dict(values), ck, r, seed, config, trial_key_of(config)))
+        return out
+
+    def check_space(self) -> None:
+        """Every end of every searched range, and every value of every choice, makes a valid
+        config (the other fields at their first end): a range past what a field allows is
+        refused here, at ``space.<field>.<kind>[i]``, not when the searcher first samples it."""
+        space = self.spec.distributions
+        first = {k: d.ends()[0][1] for k, d in space.items()}
+        for k, d in space.items():
+            for pos, value in d.ends():
+                values = {**first, k: value}
+                prov: Provenance = {}
+                for name, v in values.items():
+                    at: FieldPath = ("space", name, space[name].kind, pos if name == k else 0)
+                    _provenance(prov, tuple(name.split(".")), at, v)
+                cell = _Cell(values, ("space", k), prov)
+                ck = cell_key_of(values)
+                raw, prov = self.raw_config(cell, ck)
+                raw["seed"] = self.spec.seeds[0]
+                self.validate(raw, cell, ck, prov)
+
     def check_excludes(self) -> None:
         for j, ex in enumerate(self.spec.exclude):
             for k, v in ex.items():
@@ -334,11 +374,30 @@ def _matches(match: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
 def expand(spec: SweepSpec) -> list[Trial]:
     """Every trial of `spec`, in order, each config validated against its family.
 
+    A search has no trials before its searcher proposes them: its space is checked against the
+    family (`_Expander.check_space`) and the list is empty; `search_trials` gives the trials of
+    the configurations it proposed.
+
     Raises:
         SpecError: at the spec path of the first wrong value, naming the trial's cell; also
             when two trials resolve to the same config.
     """
-    return _Expander(spec).trials()
+    expander = _Expander(spec)
+    if spec.search is not None:
+        expander.check_space()
+        return []
+    return expander.trials()
+
+
+def search_trials(spec: SweepSpec, cells: Sequence[Mapping[str, Any]], first: int = 0) -> list[Trial]:
+    """The trials of a search's configurations `cells` (searched field -> value), the first of
+    them configuration number `first`; see `_Expander.search_trials`.
+
+    Raises:
+        SpecError: a value the family's config refuses (a rule across fields the space's ends
+            did not show), at ``space.<field>``.
+    """
+    return _Expander(spec).search_trials(cells, first)
 
 
 def paper_values(spec: SweepSpec, config: Mapping[str, Any]) -> list[PaperValue]:
@@ -353,6 +412,7 @@ __all__ = [
     "cell_key_of",
     "expand",
     "paper_values",
+    "search_trials",
     "trial_key_of",
     "value_key",
 ]

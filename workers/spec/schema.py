@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 from workers.spec.count import count_formula, count_trials
 from workers.spec.errors import FieldError, FieldPath, short_repr, suggest
 from workers.spec.expand import value_key
+from workers.spec.search import Dist, grid_size, parse_space
 
 if TYPE_CHECKING:
     from dab_core.experiments import ExperimentFamily
@@ -30,6 +31,9 @@ MAX_TRIALS = 10_000
 #: Most replicates (seeds) per cell, and the most grid axes.
 MAX_REPLICATES = 1_000
 MAX_GRID_AXES = 64
+#: `dab_core.config.MAX_STEPS`, not imported: importing dab_core imports torch, and this package
+#: is imported by the service and the CLI without it (a test keeps the two equal).
+MAX_STEPS = 100_000_000
 
 Mode = Literal["max", "min"]
 
@@ -76,6 +80,56 @@ class Limits(_Strict):
     )
 
 
+class Search(_Strict):
+    """How a search proposes configurations from the spec's ``space``.
+
+    ``random`` and ``tpe`` are Optuna's RandomSampler and TPESampler (seeded with `seed`),
+    driven by Ray Tune's `OptunaSearch`; ``grid`` is Optuna's GridSampler over a space of
+    ``choice`` and ``int`` fields (every configuration once, in the sampler's seeded order).
+    """
+
+    algorithm: Literal["random", "tpe", "grid"] = Field(description="random | tpe | grid")
+    num_samples: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TRIALS,
+        description="configurations to try (each trained with every seed); grid: default all",
+    )
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="the sampler's seed: same seed, same proposals")
+
+
+class Scheduler(_Strict):
+    """Early stopping of a search's configurations (Ray Tune's schedulers, on ``step``).
+
+    A configuration is one Tune trial that trains every seed, so a scheduler judges the mean
+    over seeds at each report and stops or keeps the configuration as a whole.
+    """
+
+    type: Literal["fifo", "asha", "median"] = Field(default="fifo", description="fifo | asha | median")
+    grace_steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_STEPS,
+        description="steps before a configuration can be stopped (default: its first report)",
+    )
+    reduction_factor: float | None = Field(
+        default=None, gt=1, le=100, description="asha: 1/reduction_factor of each rung goes on (default 3)"
+    )
+    min_samples: int | None = Field(
+        default=None, ge=1, le=1000, description="median: configurations to compare against (default 3)"
+    )
+
+    @model_validator(mode="after")
+    def _options_of_type(self) -> Scheduler:
+        if self.type == "fifo" and self.grace_steps is not None:
+            raise FieldError(("grace_steps",), "fifo stops nothing: grace_steps is for asha or median")
+        if self.reduction_factor is not None and self.type != "asha":
+            raise FieldError(("reduction_factor",), f"reduction_factor is an asha option, not {self.type}'s")
+        if self.min_samples is not None and self.type != "median":
+            raise FieldError(("min_samples",), f"min_samples is a median option, not {self.type}'s")
+        return self
+
+
 class PaperValue(_Strict):
     """A number the paper reports for the cells that `match` selects.
 
@@ -119,6 +173,9 @@ class SweepSpec(_Strict):
         default=None, gt=0, description="estimated hours per trial (preview's totals)"
     )
     paper: list[PaperValue] = Field(default_factory=list, description="the paper's numbers per cell")
+    search: Search | None = Field(default=None, description="sample configurations from space instead of a grid")
+    space: dict[str, Any] = Field(default_factory=dict, description="a search's fields -> distributions")
+    scheduler: Scheduler | None = Field(default=None, description="early stopping of a search's configurations")
 
     _source: str = PrivateAttr("<spec>")
     _lines: dict[FieldPath, int] = PrivateAttr(default_factory=dict)
@@ -132,6 +189,21 @@ class SweepSpec(_Strict):
     def seeds(self) -> list[int]:
         r = self.replicates
         return list(range(r)) if isinstance(r, int) else list(r)
+
+    @property
+    def is_search(self) -> bool:
+        return self.search is not None
+
+    @property
+    def distributions(self) -> dict[str, Dist]:
+        """The space's distributions (validated with the spec)."""
+        return parse_space(self.space)
+
+    @property
+    def num_configs(self) -> int:
+        """Configurations of a search: ``num_samples``, or a grid search's whole grid."""
+        assert self.search is not None
+        return self.search.num_samples or (grid_size(self.distributions) or 0)
 
     @property
     def resolved_metric(self) -> str:
@@ -204,12 +276,13 @@ class SweepSpec(_Strict):
         _check_cells(self.include, "include")
         _check_excludes(self.exclude, self.grid)
         _check_paper(self.paper)
+        _check_search(self)
         n = count_trials(self)
         limit = min(MAX_TRIALS, self.limits.max_trials or MAX_TRIALS)
         if n > limit:
             which = "limits.max_trials" if limit < MAX_TRIALS else "MAX_TRIALS, the service's limit"
             raise FieldError(
-                ("grid",) if self.grid else (),
+                ("grid",) if self.grid else ("search", "num_samples") if self.search else (),
                 f"the spec expands to {n:,} trials ({count_formula(self)}); the limit is {limit:,} "
                 f"({which}): split the study into several sweeps",
             )
@@ -374,6 +447,60 @@ def _check_excludes(excludes: Sequence[Mapping[str, Any]], grid: Mapping[str, li
                 )
 
 
+def _check_search(spec: SweepSpec) -> None:
+    """The rules of `search`, `space` and `scheduler` beyond their field types."""
+    if spec.search is None:
+        if spec.space:
+            raise FieldError(("space",), "a space is sampled by a search: add search: {algorithm: random | tpe | grid}")
+        if spec.scheduler is not None and spec.scheduler.type != "fifo":
+            raise FieldError(
+                ("scheduler",),
+                "a scheduler stops a search's configurations (every seed of one together); "
+                "for a grid, write it as search: {algorithm: grid} with choice fields in space",
+            )
+        return
+    for name in ("grid", "include", "exclude", "paper"):
+        if getattr(spec, name):
+            raise FieldError(
+                (name,),
+                f"a search samples its configurations from space: {name!r} is for grid sweeps "
+                "(fixed values go in params, listed ones in space as a choice)",
+            )
+    if not spec.space:
+        raise FieldError(("space",), "a search needs a space: config fields -> distributions, e.g. lr: {loguniform: [1.0e-5, 1.0e-2]}")
+    for k in spec.space:
+        err = _key_error(k)
+        if err:
+            raise FieldError(("space", k), err)
+        if _has_path(spec.params, k.split(".")):
+            raise FieldError(("space", k), f"also fixed in params.{k}: a field is either fixed (params) or searched (space)")
+    clash = _prefix_clash(list(spec.space))
+    if clash:
+        raise FieldError(("space", clash[1]), f"overlaps {clash[0]!r}: one field cannot be searched twice")
+    space = parse_space(spec.space)
+    size = grid_size(space)
+    if spec.search.algorithm == "grid":
+        if size is None:
+            ranged = next(k for k, d in space.items() if d.size is None)
+            raise FieldError(
+                ("space", ranged), f"a grid search takes choice and int fields; {ranged!r} is a continuous range"
+            )
+        if spec.search.num_samples is not None and spec.search.num_samples > size:
+            raise FieldError(
+                ("search", "num_samples"), f"the grid has {size:,} configurations, fewer than num_samples"
+            )
+    elif spec.search.num_samples is None:
+        raise FieldError(("search", "num_samples"), f"a {spec.search.algorithm} search needs num_samples: how many configurations to try")
+    family = family_of(spec.experiment)
+    declared = [m.name for m in family.metrics]
+    if spec.metric not in declared:
+        raise FieldError(
+            ("metric",),
+            f"a search optimises a metric its trials report: {spec.metric!r} is not one of "
+            f"{', '.join(declared)}{suggest(spec.metric, declared)}",
+        )
+
+
 def _check_paper(entries: Sequence[PaperValue]) -> None:
     for j, entry in enumerate(entries):
         for k in entry.match:
@@ -389,6 +516,8 @@ __all__ = [
     "Mode",
     "PaperValue",
     "Resources",
+    "Scheduler",
+    "Search",
     "SweepSpec",
     "SweepSuite",
     "family_of",
