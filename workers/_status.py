@@ -13,7 +13,7 @@ once a second for progress, so a reader always sees a whole file. Shape::
                             "last_step", "run_id", "pid", "error", "starts": [{"attempt",
                             "from_step"}], "placement": {"node", "gpu_ids",
                             "cuda_visible_devices", "device", "device_note"}, "nodes",
-                            "adopted_from"}},
+                            "adopted_from", "stopped_at", "cell" (a search's)}},
      "skipped": [{"trial_key", "reason", "run_id"}],
      "notes": [...], "tracking_errors": [...]}
 
@@ -81,8 +81,10 @@ class SweepStatus:
 
     # -- set-up ---------------------------------------------------------------------------
 
-    def add_trials(self, trials: Iterable[Any], runs: Mapping[str, Any]) -> None:
-        """Register the sweep's trials; `runs` maps trial_key -> its existing `ChildRun`."""
+    def add_trials(self, trials: Iterable[Any], runs: Mapping[str, Any], *, cells: bool = False) -> None:
+        """Register the sweep's trials; `runs` maps trial_key -> its existing `ChildRun`.
+        `cells`: keep each trial's cell too (a search's, which nothing else records: the
+        service rebuilds the configurations it proposed from them)."""
         with self._lock:
             for trial in trials:
                 key = trial.trial_key
@@ -103,6 +105,8 @@ class SweepStatus:
                     "placement": before.get("placement"),
                     "nodes": list(before.get("nodes", [])),
                     "adopted_from": None,
+                    "stopped_at": None,
+                    **({"cell": trial.cell} if cells else {}),
                 }
             self._touch(True)
 
@@ -189,7 +193,10 @@ class SweepStatus:
     def failed(self, key: str, *, error: str) -> None:
         self._end(key, "failed", error)
 
-    def finished(self, key: str) -> None:
+    def finished(self, key: str, stopped_at: float | None = None) -> None:
+        """`stopped_at`: the step a search's scheduler stopped the trial's configuration at."""
+        with self._lock:
+            self.data["trials"][key]["stopped_at"] = stopped_at
         self._end(key, "finished", None)
 
     def stopped(self, key: str, *, state: str, error: str) -> None:

@@ -34,6 +34,10 @@ HISTORY_FILE = "dab_history.json"
 PLACEMENT_KEYS = ("dab_node", "dab_gpu_ids", "dab_cuda_visible_devices", "dab_device", "dab_device_note")
 HISTORY_TIME_KEY = "_time_ms"
 TRIAL_KEY = "trial_key"
+#: A search configuration's Tune trial config, besides `TRIAL_KEY` (`workers.driver.search`):
+#: its index in proposal order, its cell (searched field -> value), and its members
+#: (``[{"trial_key", "seed", "replicate", "config"}]``, one per seed).
+CELL, INDEX, MEMBERS = "dab_cell", "dab_index", "dab_members"
 
 
 def read_history(checkpoint_dir: str | os.PathLike[str]) -> list[dict[str, float]]:
@@ -148,6 +152,80 @@ def dab_trainable(
         run_trial(trial_config, report=report, checkpoint_dir=directory)
 
 
+#: Prefix of a member's own values in a configuration's report: ``m/<i>/<metric>``.
+MEMBER_PREFIX = "m/"
+#: Prefix of the std over members in a configuration's report: ``std/<metric>``.
+STD_PREFIX = "std/"
+
+
+def member_values(result: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """Member `index`'s own values in a configuration's report (or its history entry)."""
+    prefix = f"{MEMBER_PREFIX}{index}/"
+    return {k[len(prefix) :]: v for k, v in result.items() if k.startswith(prefix)}
+
+
+def group_report(per_member: list[dict[str, float]]) -> dict[str, float]:
+    """A configuration's report from its members': each metric every member reports as the
+    mean over them (what the searcher and the scheduler read), its std (``std/<metric>``,
+    population std over the seeds), and each member's own values (``m/<i>/<metric>``)."""
+    import statistics
+
+    out: dict[str, float] = {}
+    common = set(per_member[0]).intersection(*per_member[1:])
+    for key in sorted(common):
+        values = [float(m[key]) for m in per_member]
+        out[key] = statistics.fmean(values)
+        if key != "step":
+            out[f"{STD_PREFIX}{key}"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+    for i, metrics in enumerate(per_member):
+        for key, value in metrics.items():
+            out[f"{MEMBER_PREFIX}{i}/{key}"] = float(value)
+    return out
+
+
+def dab_group_trainable(config: Mapping[str, Any]) -> None:
+    """Run one configuration of a search under Tune: every seed of it, in lockstep
+    (`dab_core.training.fit_group`), reporting `group_report` of the seeds' metrics.
+
+    Args:
+        config: the Tune trial config `workers.driver.search.DabSearch` proposed: the
+            configuration's key, index, cell and members (each seed's resolved config).
+    """
+    from ray import tune
+
+    from dab_core.experiments import parse_config
+    from dab_core.training import fit_group
+
+    configs = [dict(m["config"]) for m in config["dab_members"]]
+    parsed = [parse_config(c) for c in configs]  # a bad config fails here, before any compute
+    where = placement(str(getattr(parsed[0], "device", "auto")))
+    history: list[dict[str, float]] = []
+
+    def report(per_member: list[dict[str, float]], checkpoint_dir: str | None) -> None:
+        metrics = group_report(per_member)
+        history.append({**metrics, HISTORY_TIME_KEY: float(int(time.time() * 1000))})
+        if checkpoint_dir is None:
+            tune.report({**metrics, **where})
+            return
+        _write_history(checkpoint_dir, history)
+        tune.report({**metrics, **where}, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        fit_group(configs, report=report)
+        return
+    with checkpoint.as_directory() as directory:
+        history.extend(read_history(directory))
+        fit_group(configs, report=report, checkpoint_dir=directory)
+
+
+def make_group_trainable(resources: Mapping[str, float]) -> Callable[..., Any]:
+    """`dab_group_trainable` as a Tune trainable with `resources`, restoring as `make_trainable`'s."""
+    from ray import tune
+
+    return tune.with_resources(_restoring(dab_group_trainable, "dab_group_trainable"), dict(resources))
+
+
 def resolve_resources(
     requested: Mapping[str, float | int | None], cluster: Mapping[str, float]
 ) -> tuple[dict[str, float], list[str]]:
@@ -188,12 +266,17 @@ def make_trainable(
 ) -> Callable[..., Any]:
     """`dab_trainable` bound to its trial table (via `tune.with_parameters`) and resources."""
     from ray import tune
-    from ray.tune.trainable import wrap_function
 
     keys = None if run_keys is None else frozenset(run_keys)
     bound = tune.with_parameters(dab_trainable, trial_configs=dict(trial_configs), run_keys=keys)
-    # The class Tune makes of a function trainable, made here so that `restore` can be ours.
-    base = wrap_function(bound, name="dab_trainable")
+    return tune.with_resources(_restoring(bound, "dab_trainable"), dict(resources))
+
+
+def _restoring(function: Callable[..., Any], name: str) -> Any:
+    """The class Tune makes of a function trainable, made here so that `restore` can be ours."""
+    from ray.tune.trainable import wrap_function
+
+    base = wrap_function(function, name=name)
 
     class DabTrainable(base):  # type: ignore[misc,valid-type]
         """Restores from the newest whole checkpoint when the one Tune names is gone (see
@@ -205,8 +288,8 @@ def make_trainable(
                 return None
             return super().restore(checkpoint)
 
-    DabTrainable.__name__ = DabTrainable.__qualname__ = "dab_trainable"  # Tune's name for it
-    return tune.with_resources(DabTrainable, dict(resources))
+    DabTrainable.__name__ = DabTrainable.__qualname__ = name  # Tune's name for it
+    return DabTrainable
 
 
 def existing_checkpoint(named: Any) -> Any:
@@ -227,8 +310,6 @@ def existing_checkpoint(named: Any) -> Any:
     from pyarrow.fs import FileSelector, FileType
     from ray import tune
 
-    from dab_core.training import CHECKPOINT_FILE
-
     checkpoint = getattr(named, "checkpoint", named)
     if not isinstance(checkpoint, tune.Checkpoint):
         return named
@@ -244,10 +325,29 @@ def existing_checkpoint(named: Any) -> Any:
     ]
     for candidate in sorted(dirs, reverse=True):  # checkpoint_000012 sorts after _000011
         # what a whole checkpoint holds (each file one object on S3: there whole or not at all)
-        files = fs.get_file_info([f"{candidate}/{name}" for name in (CHECKPOINT_FILE, HISTORY_FILE)])
-        if all(f.type == FileType.File for f in files):
+        if _whole(fs, candidate):
             return tune.Checkpoint(candidate, filesystem=fs)
     return None
+
+
+def _whole(fs: Any, directory: str) -> bool:
+    """A checkpoint directory holds its history and its state: one trial's ``trial.pt``, or a
+    configuration's ``member-<i>/trial.pt`` for each of its members (`fit_group`)."""
+    from pyarrow.fs import FileSelector, FileType
+
+    from dab_core.training import CHECKPOINT_FILE
+
+    history, own = fs.get_file_info([f"{directory}/{HISTORY_FILE}", f"{directory}/{CHECKPOINT_FILE}"])
+    if history.type != FileType.File:
+        return False
+    if own.type == FileType.File:
+        return True
+    members = [
+        f"{i.path}/{CHECKPOINT_FILE}"
+        for i in fs.get_file_info(FileSelector(directory, allow_not_found=True))
+        if i.type == FileType.Directory and i.base_name.startswith("member-")
+    ]
+    return bool(members) and all(f.type == FileType.File for f in fs.get_file_info(members))
 
 
 def trial_dirname_suffix(trial_key: str) -> str:
@@ -265,12 +365,19 @@ def trial_name(trial: Any) -> str:
 
 
 __all__ = [
+    "CELL",
     "HISTORY_FILE",
+    "INDEX",
+    "MEMBERS",
     "PLACEMENT_KEYS",
     "TRIAL_KEY",
+    "dab_group_trainable",
     "dab_trainable",
     "existing_checkpoint",
+    "group_report",
+    "make_group_trainable",
     "make_trainable",
+    "member_values",
     "placement",
     "read_checkpoint_history",
     "read_history",

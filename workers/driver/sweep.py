@@ -318,7 +318,29 @@ def run_sweep(
         signals = SignalState()
         try:
             with stop_on_signals(on_stop, signals):
-                if pending:
+                if spec.search is not None:
+                    tune_path, restored = _run_search(
+                        spec,
+                        location=location,
+                        writer=writer,
+                        status=status,
+                        runs=runs,
+                        run_spec=lambda t: _with_tags(
+                            trial_run_spec(t, sweep_id=sid, parent_run_id=parent_id, family=spec.experiment),
+                            extra,
+                        ),
+                        token=f"dab-sweep:{sid}",
+                        prune_checkpoints=prune_checkpoints,
+                        ray_address=ray_address,
+                        num_cpus=num_cpus,
+                        checkpoints_to_keep=checkpoints_to_keep,
+                        verbose=verbose,
+                        signals=signals,
+                        live=holder,
+                    )
+                    outcome.tune_experiment = str(tune_path)
+                    outcome.restored = restored
+                elif pending:
                     tune_path, restored = _run_tune(
                         spec,
                         pending,
@@ -426,6 +448,100 @@ def _run_tune(
     return path, restored
 
 
+def _run_search(
+    spec: Any,
+    *,
+    location: Location,
+    writer: Any,
+    status: Any,
+    runs: Mapping[str, Any],
+    run_spec: Callable[[Any], Any],
+    token: str,
+    prune_checkpoints: bool,
+    ray_address: str | None,
+    num_cpus: float | None,
+    checkpoints_to_keep: int,
+    verbose: int,
+    signals: SignalState,
+    live: Live,
+) -> tuple[Location, bool]:
+    """A search under Tune (`workers.driver.search`): its configurations' trials are registered
+    as the callback meets them (proposed now, or restored from the last driver's experiment)."""
+    import ray
+
+    from workers.driver.tuner import build_search_tuner
+    from workers.spec import Trial
+    from workers.spec.expand import cell_key_of
+    from workers.tracking import FINISHED, TAG_CONFIG_INDEX, TrackingCallback
+    from workers.trainable import CELL, INDEX, MEMBERS, make_group_trainable, resolve_resources
+
+    live.started_ray = ensure_ray(ray_address, num_cpus)
+    signals.install()
+    tune_env()
+    # every step of Tune's loop saves the experiment, the searcher with it: a proposal is on
+    # storage before its trial starts (see workers.driver.search)
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "0"
+    resources, notes = resolve_resources(_requested_resources(spec), ray.cluster_resources())
+    for note in notes:
+        log.warning(note)
+        status.note(note)
+    callback: TrackingCallback
+
+    def discover(config: Mapping[str, Any]) -> None:
+        index, cell = int(config[INDEX]), dict(config[CELL])
+        trials = [
+            Trial(
+                index * len(config[MEMBERS]) + int(m["replicate"]),
+                cell,
+                cell_key_of(cell),
+                int(m["replicate"]),
+                int(m["seed"]),
+                dict(m["config"]),
+                str(m["trial_key"]),
+            )
+            for m in config[MEMBERS]
+        ]
+        new = [t for t in trials if t.trial_key not in status.data["trials"]]
+        status.add_trials(new, runs, cells=True)
+        for t in new:
+            run = runs.get(t.trial_key)
+            if run is not None and run.status == FINISHED:
+                status.skip(t.trial_key, _SKIP_REASON, run.run_id)
+                continue
+            callback.run_specs[t.trial_key] = _with_tags(run_spec(t), {TAG_CONFIG_INDEX: str(index)})
+            if run is not None and run.last_step is not None:
+                callback.last_steps[t.trial_key] = run.last_step
+        status.write()
+
+    callback = TrackingCallback(
+        writer=writer,
+        status=status,
+        run_specs={},
+        last_steps={},
+        token=token,
+        prune_checkpoints=prune_checkpoints,
+        discover=discover,
+    )
+    live.callback = callback
+    tuner, path, restored = build_search_tuner(
+        spec,
+        make_group_trainable(resources),
+        tune_root=location.child(TUNE_DIR),
+        callbacks=[callback],
+        checkpoints_to_keep=checkpoints_to_keep,
+        verbose=verbose,
+    )
+    status.set(tune_experiment=str(path), resources=resources)
+    status.write()
+    log.info("%s search %s: at most %d configuration(s)", "restored" if restored else "new", path, spec.num_configs)
+    signals.in_fit = True
+    try:
+        tuner.fit()
+    finally:
+        signals.in_fit = False
+    return path, restored
+
+
 def _finish(
     outcome: SweepOutcome,
     status: Any,
@@ -448,6 +564,8 @@ def _finish(
         else:  # Tune returned with trials unended: it was stopped (e.g. a SIGINT it handled)
             if callback.stop(KILLED, "Tune stopped before the trial ended"):
                 interrupted = True
+    if callback is not None:  # a search's trials are the ones its callback met
+        outcome.ran = list(dict.fromkeys([*outcome.ran, *callback.run_specs]))
     if not writer.close(timeout=120):
         log.error("MLflow writer did not finish within 120 s; some writes may be missing")
     status.set_run_ids({k: writer.run_id(k) for k in status.states()})

@@ -13,6 +13,7 @@ from typing import Any
 
 from workers._files import TUNE_TRIALS_FILE
 from workers.storage import Location
+from workers.trainable import trial_dirname, trial_name
 
 log = logging.getLogger("workers.driver")
 
@@ -141,7 +142,7 @@ def build_tuner(
     """
     from ray import tune
 
-    from workers.trainable import TRIAL_KEY, trial_dirname, trial_name
+    from workers.trainable import TRIAL_KEY
 
     path = _restorable(tune_root, set(keys))
     if path is not None:
@@ -173,6 +174,69 @@ def build_tuner(
             callbacks=list(callbacks),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep),
             failure_config=tune.FailureConfig(max_failures=max_failures),
+            verbose=verbose,
+        ),
+    )
+    return tuner, path, False
+
+
+#: The Tune experiment of a search: one per sweep location, restored whenever it can be (its
+#: trials are proposed as it runs, so no list of keys names it as a grid's is named).
+SEARCH_EXPERIMENT = "search"
+
+
+def build_search_tuner(
+    spec: Any,
+    trainable: Any,
+    *,
+    tune_root: Location,
+    callbacks: Sequence[Any],
+    checkpoints_to_keep: int = DEFAULT_CHECKPOINTS_TO_KEEP,
+    verbose: int = 0,
+) -> tuple[Any, Location, bool]:
+    """A Tuner for the search `spec`: its restorable experiment (searcher, scheduler and trials
+    as the last driver left them), or a new one (`workers.driver.search`).
+
+    Returns:
+        (tuner, experiment location, restored)
+    """
+    from ray import tune
+
+    from workers.driver.search import DabSearch, SchedulerState, make_scheduler
+
+    path = tune_root.child(SEARCH_EXPERIMENT)
+    fs = _storage_filesystem(path)
+    if tune.Tuner.can_restore(path.path, storage_filesystem=fs):
+        tuner = tune.Tuner.restore(
+            path.path, trainable, resume_unfinished=True, restart_errored=True, storage_filesystem=fs
+        )
+        return tuner, path, True
+    metric, mode = spec.resolved_metric, spec.resolved_mode
+    steps = [int(spec.params.get("steps", 0) or 0)]
+    eval_every = int(spec.params.get("eval_every", 500) or 500)
+    if "steps" in spec.space:
+        steps.append(int(spec.distributions["steps"].high))
+    scheduler = make_scheduler(spec, max_steps=max(steps), first_report=eval_every)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode=mode,
+            search_alg=DabSearch(spec.model_dump(mode="json"), metric, mode),
+            scheduler=scheduler,
+            num_samples=spec.num_configs,
+            max_concurrent_trials=spec.limits.max_concurrent,
+            reuse_actors=True,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=SEARCH_EXPERIMENT,
+            storage_path=tune_root.path,
+            storage_filesystem=_storage_filesystem(tune_root),
+            callbacks=[*callbacks, SchedulerState(scheduler)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep),
+            failure_config=tune.FailureConfig(max_failures=spec.limits.max_failures),
             verbose=verbose,
         ),
     )

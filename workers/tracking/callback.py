@@ -15,19 +15,30 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
-from workers.tracking.runs import FAILED, FINISHED, KILLED, TAG_ATTEMPTS, RunSpec, truncate
+from workers.tracking.runs import (
+    FAILED,
+    FINISHED,
+    KILLED,
+    TAG_ATTEMPTS,
+    TAG_STOPPED_AT,
+    TAG_STOPPED_EARLY,
+    RunSpec,
+    truncate,
+)
 from workers.tracking.writer import MlflowWriter, Report
 from workers.trainable import (
     HISTORY_TIME_KEY,
+    MEMBERS,
     PLACEMENT_KEYS,
     TRIAL_KEY,
     existing_checkpoint,
+    member_values,
     read_checkpoint_history,
 )
 
@@ -84,9 +95,19 @@ def _step_of(values: Mapping[str, Any]) -> float | None:
 
 
 @contextlib.contextmanager
-def _checkpoint_directory(checkpoint: Any) -> Iterator[str]:
+def _checkpoint_directory(checkpoint: Any, member: int | None = None) -> Iterator[str]:
+    """The checkpoint's directory; a configuration's member `member`: its own part of it."""
     with checkpoint.as_directory() as directory:
-        yield directory
+        yield directory if member is None else f"{directory}/member-{member}"
+
+
+#: A Tune trial's MLflow runs: ``(trial_key, member index)``; the index is None for a lone
+#: trial, and the seed's position for a search configuration's members.
+Member = tuple[str, "int | None"]
+
+
+def _values(values: Mapping[str, Any], member: int | None) -> Mapping[str, Any]:
+    return values if member is None else member_values(values, member)
 
 
 def _prune_trial_checkpoints(trial: Any) -> None:
@@ -134,6 +155,14 @@ class TrackingCallback(Callback):
             for every driver of the sweep.
         prune_checkpoints: once a finished trial's final checkpoint is an MLflow artifact,
             delete its checkpoints from Tune's storage.
+        discover: for a search: called with a configuration's Tune trial config the first time
+            the callback meets it (proposed this session or restored); registers its members
+            (their run specs in `run_specs`, their trials in the status).
+
+    A search configuration's Tune trial has one MLflow run per seed (its members): every hook
+    acts on each, with the member's own values (``m/<i>/...`` of the report). A configuration
+    the scheduler stopped before its budget ends FINISHED with ``dab.stopped_early`` and the
+    step it reached (``dab.stopped_at_step``).
     """
 
     def __init__(
@@ -145,8 +174,10 @@ class TrackingCallback(Callback):
         last_steps: Mapping[str, float | None],
         token: str,
         prune_checkpoints: bool = True,
+        discover: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> None:
         self.writer = writer
+        self.discover = discover
         self.prune_checkpoints = prune_checkpoints
         self.status = status
         self.run_specs = dict(run_specs)
@@ -168,9 +199,22 @@ class TrackingCallback(Callback):
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _key(self, trial: Any) -> str | None:
-        key = trial.config.get(TRIAL_KEY)
-        return key if key in self.run_specs else None
+    def _members(self, trial: Any) -> list[Member]:
+        """The runs of a Tune trial this driver tracks (none: not one of this session's)."""
+        config = trial.config
+        if MEMBERS not in config:
+            key = config.get(TRIAL_KEY)
+            return [(key, None)] if key in self.run_specs else []
+        keys = [str(m["trial_key"]) for m in config[MEMBERS]]
+        if self.discover is not None and any(k not in self.run_specs for k in keys):
+            self.discover(config)
+        return [(k, i) for i, k in enumerate(keys) if k in self.run_specs]
+
+    @staticmethod
+    def _budget(trial: Any, member: int | None) -> float | None:
+        if member is None:
+            return None
+        return float(trial.config[MEMBERS][member]["config"]["steps"])
 
     def _log(self, key: str, reports: Iterable[Report]) -> int:
         """Enqueue the reports past the run's last step; returns how many went out."""
@@ -185,12 +229,12 @@ class TrackingCallback(Callback):
             self.writer.log_reports(key, fresh)
         return len(fresh)
 
-    def _backfill(self, key: str, checkpoint: Any) -> float:
+    def _backfill(self, key: str, checkpoint: Any, member: int | None = None) -> float:
         """Write the steps the checkpoint's history holds and the run lacks; returns its step."""
         history = read_checkpoint_history(checkpoint)
         reports = []
         for entry in history:
-            values = {k: float(v) for k, v in entry.items() if k != HISTORY_TIME_KEY}
+            values = {k: float(v) for k, v in _values(entry, member).items() if k != HISTORY_TIME_KEY}
             step = _step_of(values)
             if step is not None:
                 reports.append(
@@ -201,17 +245,29 @@ class TrackingCallback(Callback):
             log.info("trial %s: %d report(s) filled in from its checkpoint history", key, written)
         return max((r.step for r in reports), default=0)
 
-    def _finish(self, key: str, trial: Any) -> None:
+    def _finish(self, key: str, trial: Any, member: int | None = None, last: bool = True) -> None:
         checkpoint = getattr(trial, "checkpoint", None)
         if checkpoint is not None:
-            self._backfill(key, checkpoint)
-            self.writer.log_artifacts(key, functools.partial(_checkpoint_directory, checkpoint), "checkpoint")
-        prune = checkpoint is not None and self.prune_checkpoints
+            self._backfill(key, checkpoint, member)
+            self.writer.log_artifacts(
+                key, functools.partial(_checkpoint_directory, checkpoint, member), "checkpoint"
+            )
+        budget = self._budget(trial, member)
+        reached = self.last_steps.get(key)
+        stopped_at = reached if budget is not None and reached is not None and reached < budget else None
+        if stopped_at is not None:
+            self.writer.set_tags(key, {TAG_STOPPED_EARLY: "true", TAG_STOPPED_AT: str(int(stopped_at))})
+        prune = checkpoint is not None and self.prune_checkpoints and last
         self.writer.terminate(
             key, FINISHED, after=functools.partial(_prune_trial_checkpoints, trial) if prune else None
         )
         self.ended[key] = FINISHED
-        self.status.finished(key)
+        self.status.finished(key, stopped_at=stopped_at)
+
+    def _finish_all(self, members: list[Member], trial: Any) -> None:
+        for n, (key, member) in enumerate(members):
+            # the trial's checkpoints are pruned after its last run has its artifact
+            self._finish(key, trial, member, last=n == len(members) - 1)
 
     # -- Tune hooks -----------------------------------------------------------------------
 
@@ -220,13 +276,14 @@ class TrackingCallback(Callback):
         # run never got its end (the driver died in between): finish them from their final
         # checkpoint (history and artifact) instead of leaving them open.
         for trial in trials:
-            key = self._key(trial)
-            if key and trial.status == "TERMINATED" and key not in self.ended:
+            members = [m for m in self._members(trial) if m[0] not in self.ended]
+            if members and trial.status == "TERMINATED":
                 with self._lock:
-                    self.writer.open_run(
-                        key, self.run_specs[key], {TAG_ATTEMPTS: str(self.status.attempts(key))}
-                    )
-                    self._finish(key, trial)
+                    for key, _ in members:
+                        self.writer.open_run(
+                            key, self.run_specs[key], {TAG_ATTEMPTS: str(self.status.attempts(key))}
+                        )
+                    self._finish_all(members, trial)
 
     def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
         if not self._reconciled:
@@ -234,39 +291,37 @@ class TrackingCallback(Callback):
             self._reconcile(trials)
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        key = self._key(trial)
-        if key is None:
+        members = self._members(trial)
+        if not members:
             return
         with self._lock:
             if self._stopped:
                 return
-            self.started.add(key)
-            self._tagged.discard(key)
-            attempt = self.status.attempts(key) + 1
-            self.writer.open_run(key, self.run_specs[key], {TAG_ATTEMPTS: str(attempt)})
-            from_step = 0.0
-            if trial.checkpoint is not None:
-                # the checkpoint the trainable will restore: Tune's, or the newest whole one
-                # when Tune's is gone (`existing_checkpoint`); its history fills the run's gap
-                restored = existing_checkpoint(trial.checkpoint)
-                if restored is not None:
-                    from_step = self._backfill(key, restored)
-            self.status.started(key, from_step=from_step, run_id=self.writer.run_id(key))
+            # the checkpoint the trainable will restore: Tune's, or the newest whole one when
+            # Tune's is gone (`existing_checkpoint`); its history fills the runs' gap
+            restored = existing_checkpoint(trial.checkpoint) if trial.checkpoint is not None else None
+            for key, member in members:
+                self.started.add(key)
+                self._tagged.discard(key)
+                attempt = self.status.attempts(key) + 1
+                self.writer.open_run(key, self.run_specs[key], {TAG_ATTEMPTS: str(attempt)})
+                from_step = self._backfill(key, restored, member) if restored is not None else 0.0
+                self.status.started(key, from_step=from_step, run_id=self.writer.run_id(key))
 
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
-        key = self._key(trial)
-        if key is None or key in self.ended:  # an ended run is not written to again
-            return
-        values = result_metrics(result)
-        step = _step_of(values)
-        if step is None:
-            return
-        with self._lock:
-            self._log(key, [Report(int(step), int(time.time() * 1000), values)])
-            self.status.progress(key, step=step, pid=result.get("pid"), run_id=self.writer.run_id(key))
-            self._placed(key, result)
+        for key, member in self._members(trial):
+            if key in self.ended:  # an ended run is not written to again
+                continue
+            values = result_metrics(_values(result, member))
+            step = _step_of(values)
+            if step is None:
+                continue
+            with self._lock:
+                self._log(key, [Report(int(step), int(time.time() * 1000), values)])
+                self.status.progress(key, step=step, pid=result.get("pid"), run_id=self.writer.run_id(key))
+                self._placed(key, result)
 
     def _placed(self, key: str, result: Mapping[str, Any]) -> None:
         """Tag the run with where the trial runs: at each attempt's first report, and whenever it
@@ -284,26 +339,26 @@ class TrackingCallback(Callback):
         self.writer.set_tags(key, tags)
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        key = self._key(trial)
-        if key is not None:
+        for key, _ in self._members(trial):
             self.status.retrying(key, error=_error_text(trial))
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        key = self._key(trial)
-        if key is None:
+        members = self._members(trial)
+        if not members:
             return
         with self._lock:
             error = _error_text(trial)
-            self.writer.terminate(key, FAILED, reason=error)
-            self.ended[key] = FAILED
-            self.status.failed(key, error=error)
+            for key, _ in members:
+                self.writer.terminate(key, FAILED, reason=error)
+                self.ended[key] = FAILED
+                self.status.failed(key, error=error)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        key = self._key(trial)
-        if key is None or self.ended.get(key) == FINISHED:
+        members = [m for m in self._members(trial) if self.ended.get(m[0]) != FINISHED]
+        if not members:
             return
         with self._lock:
-            self._finish(key, trial)
+            self._finish_all(members, trial)
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         self.status.maybe_write()

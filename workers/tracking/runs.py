@@ -54,6 +54,12 @@ TAG_SKIPPED = "dab.skipped"
 TAG_ATTEMPTS = "dab.attempts"
 TAG_END_REASON = "dab.end_reason"
 TAG_TRUNCATED_PARAMS = "dab.truncated_params"
+#: A search configuration the scheduler stopped before its budget: its runs end FINISHED with
+#: ``dab.stopped_early=true`` and the last step they reached.
+TAG_STOPPED_EARLY = "dab.stopped_early"
+TAG_STOPPED_AT = "dab.stopped_at_step"
+#: A search's configuration number (proposal order) on each of its seeds' runs.
+TAG_CONFIG_INDEX = "dab.config_index"
 MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
 MLFLOW_RUN_NAME = "mlflow.runName"
 MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"
