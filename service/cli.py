@@ -151,16 +151,37 @@ def preview(
         return
     out = _console()
     if not isinstance(loaded, SweepSuite):
-        out.print(_cells_table(summary["files"][0]))
+        first = summary["files"][0]
+        out.print(_search_text(first["search"]) if "search" in first else _cells_table(first))
     out.print(_files_table(summary))
     t = summary["total"]
-    line = f"{t['trials']:,} trials in {t['cells']:,} cells"
+    searched = any("search" in f for f in summary["files"])
+    line = f"{'at most ' if searched else ''}{t['trials']:,} trials in {t['cells']:,} cells"
     if t["distinct_trials"] != t["trials"]:
         shared = t["trials"] - t["distinct_trials"]
         line += f"; {t['distinct_trials']:,} distinct ({shared:,} shared between files run once)"
+    if searched and t["cpu_hours"] is not None:
+        line += f"; at most {t['cpu_hours']:,.1f} CPU-hours and {t['gpu_hours']:,.1f} GPU-hours"
     out.print(line)
+    if searched:
+        out.print("(a search's budget: a scheduler stops configurations early, so it costs at most this)")
     if t["files_without_duration"] and t["cpu_hours"] is not None:
         out.print(f"no duration estimate (not in the hours): {', '.join(t['files_without_duration'])}")
+
+
+def _search_text(search: dict[str, Any]) -> str:
+    """A search's budget and space, for `dab preview`."""
+    scheduler = search["scheduler"]
+    options = ", ".join(f"{k} {v}" for k, v in scheduler.items() if k != "type" and v is not None)
+    lines = [
+        f"search: {search['algorithm']} (seed {search['seed']}), at most {search['max_configurations']:,} "
+        f"configurations, {search['max_trials']:,} trials; scheduler {scheduler['type']}"
+        + (f" ({options})" if options else ""),
+    ]
+    for name, dist in search["space"].items():
+        ((kind, args),) = dist.items()
+        lines.append(f"  {name}: {kind} {json.dumps(args)}")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------

@@ -56,7 +56,14 @@ from service.db.models import ACTIVE_STATES, DRIVER_STATES, TERMINAL_STATES, Sui
 from service.finalize import Finalizer
 from service.queries import Reads
 from service.ray_jobs import TERMINAL_JOB_STATES, EmbeddedRayHead, RayJobs
-from service.snapshot import empty_counts, finished_runs_of, plan_of, snapshot_fields, waiting_of
+from service.snapshot import (
+    empty_counts,
+    finished_runs_of,
+    plan_of,
+    search_plan_of,
+    snapshot_fields,
+    waiting_of,
+)
 from service.specs import CheckedSpec
 from service.suites import TAG_SUITE_ID, Suites
 from workers._files import SHARED_FILE, SPEC_FILE, STATUS_FILE
@@ -239,7 +246,7 @@ class SweepManager:
                 spec_hash=spec_hash,
                 idempotency_key=idempotency_key or None,
                 priority=priority,
-                trial_count=sum(len(c.trials) for _, c in members),
+                trial_count=sum(c.trial_count for _, c in members),
                 distinct_trials=len(keys),
                 created_at=now,
             )
@@ -274,14 +281,14 @@ class SweepManager:
             spec=checked.data,
             spec_hash=checked.spec_hash,
             idempotency_key=idempotency_key or None,
-            trial_count=len(checked.trials),
+            trial_count=checked.trial_count,
             cell_count=checked.cells,
             sweep_dir=location.uri,
             job_attempts=0,
             priority=priority,
             wait_rounds=0,
             plan=plan_of(checked.trials),
-            counts=empty_counts(len(checked.trials)),
+            counts=empty_counts(checked.trial_count),
         )
 
     # -- the queue -------------------------------------------------------------------------
@@ -550,18 +557,23 @@ class SweepManager:
     def _record_snapshot(self, sweep: Sweep, status: dict[str, Any] | None) -> None:
         """Write the sweep's snapshot columns (and its MLflow ids, once known) when they changed."""
         now = utcnow()
+        plan = self.reads.plan(sweep)
+        grown = search_plan_of(status) if status is not None else None
         fields = snapshot_fields(
             status,
-            self.reads.plan(sweep),
+            grown if grown is not None else plan,
             state=sweep.state,
             started_at=crud.as_utc(sweep.started_at),
             now=now,
+            total=sweep.trial_count,
         )
         if status is None:
             fields.pop("trials")
             fields.pop("counts")
         changed = {k: v for k, v in fields.items() if getattr(sweep, k) != v}
-        if sweep.plan is None:  # a row from before the plan column: stored once, not expanded per pass
+        if grown is not None and grown != sweep.plan:  # a search's configurations, as proposed
+            changed["plan"] = grown
+        elif sweep.plan is None:  # a row from before the plan column: stored once, not expanded per pass
             changed["plan"] = self.reads.plan(sweep)
         if not (sweep.mlflow_experiment_id and sweep.parent_run_id):
             exp_id, parent = self._find_ids(sweep.id)

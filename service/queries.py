@@ -44,6 +44,7 @@ from service.core.config import Settings
 from service.core.errors import InvalidRequestError, NotFoundError
 from service.db.models import Sweep
 from workers.spec import SweepSpec, Trial, expand, parse_spec
+from workers.spec.expand import search_trials
 
 #: How long a running sweep's MLflow-backed answers are reused (seconds).
 LIVE_TTL_S = 2.0
@@ -225,15 +226,32 @@ class Reads:
         return self._mlflow
 
     def expansion(self, sweep: Sweep) -> tuple[SweepSpec, list[Trial]]:
-        key = (sweep.id, sweep.spec_hash)
+        """The sweep's spec and trials. A search's trials are those of the configurations its
+        searcher proposed so far (the plan the reconciler keeps), rebuilt from their cells."""
+        key: tuple[Any, ...] = (sweep.id, sweep.spec_hash)
         with self._lock:
             hit = self._expansions.get(key)
         if hit is None:
             spec = parse_spec(dict(self.spec(sweep.id)), source=f"sweep {sweep.id}")
-            hit = (spec, expand(spec))
+            hit = (spec, [] if spec.search is not None else expand(spec))
             with self._lock:
                 self._expansions[key] = hit
-        return hit
+        spec = hit[0]
+        if spec.search is None:
+            return hit
+        plan = getattr(sweep, "plan", None)
+        if plan is None:
+            plan = self.sweep(sweep.id, "plan").plan or []
+        seeds = len(spec.seeds)
+        cells = {int(row[1]) // seeds: row[5] for row in plan if len(row) > 5}
+        key = (*key, len(cells))
+        with self._lock:
+            found = self._expansions.get(key)
+        if found is None:
+            found = (spec, search_trials(spec, [cells[i] for i in sorted(cells)]) if cells else [])
+            with self._lock:
+                self._expansions[key] = found
+        return found
 
     def live(self, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
         """`compute()` behind the TTL cache; concurrent callers of one key wait for one compute."""
@@ -288,7 +306,7 @@ class Reads:
         snapshot = sweep.trials or {}
         runs = self.runs(sweep)
         out = []
-        for key, index, cell_key, seed, steps in self.plan(sweep):
+        for key, index, cell_key, seed, steps, *_ in self.plan(sweep):
             s = snapshot.get(key) or {}
             run = runs.get(key)
             state = s.get("state") or (
@@ -318,6 +336,7 @@ class Reads:
                     device=(s.get("placement") or {}).get("device") or None,
                     note=(s.get("placement") or {}).get("device_note") or None,
                     adopted_from=s.get("adopted_from"),
+                    stopped_at=s.get("stopped_at"),
                 )
             )
         return TrialsPublic(data=out[offset : offset + limit], count=len(out))
@@ -330,18 +349,28 @@ class Reads:
         return plan_of(self.expansion(sweep)[1])
 
     def results(
-        self, sweep_id: str, metrics: Sequence[str] | None, agg: str | None, reference: str | None
+        self,
+        sweep_id: str,
+        metrics: Sequence[str] | None,
+        agg: str | None,
+        reference: str | None,
+        include_stopped: bool = False,
     ) -> str:
         """The results body as JSON text. The default query is the row's (the reconciler keeps
         it current); any other is computed from MLflow behind the TTL."""
-        if not metrics and agg is None and reference is None:
+        if not metrics and agg is None and reference is None and not include_stopped:
             sweep = self.sweep(sweep_id, "results")
             if sweep.results is not None:
                 return sweep.results
         else:
             sweep = self.sweep(sweep_id)
-        key = ("results", sweep.id, sweep.state, tuple(metrics or ()), agg, reference)
-        return self.live(key, lambda: json.dumps(self.compute_results(sweep, metrics, agg, reference)))  # type: ignore[no-any-return]
+        key = ("results", sweep.id, sweep.state, tuple(metrics or ()), agg, reference, include_stopped)
+        return self.live(  # type: ignore[no-any-return]
+            key,
+            lambda: json.dumps(
+                self.compute_results(sweep, metrics, agg, reference, include_stopped=include_stopped)
+            ),
+        )
 
     def default_results(
         self, sweep: Sweep, experiment_id: str | None = None, runs: dict[str, Any] | None = None
@@ -361,6 +390,7 @@ class Reads:
         reference: str | None,
         runs: dict[str, Any] | None = None,
         check_metrics: bool = True,
+        include_stopped: bool = False,
     ) -> dict[str, Any]:
         """Results from MLflow. `check_metrics`: a metric no run reports is a 422 (a query's
         typo), not an empty table; the finalizer turns it off (no run may have reported)."""
@@ -390,7 +420,20 @@ class Reads:
             agg=agg,  # type: ignore[arg-type]  # the route validated it: final, best or None
             reference=reference,
             history=history_points(self.mlflow()),
+            include_stopped=include_stopped,
         )
+        if spec.search is not None:  # the best configurations, Welch's p, each field's importance
+            from service.search_report import search_summary
+
+            own = [spec.resolved_metric]
+            every = (
+                res
+                if include_stopped and chosen == own
+                else compute_results(
+                    spec, trials, runs, metrics=own, history=history_points(self.mlflow()), include_stopped=True
+                )
+            )
+            res["search"] = search_summary(spec, every, include_stopped=include_stopped)
         return {"sweep_id": sweep.id, "state": sweep.state, **res}
 
     def report(self, sweep_id: str) -> dict[str, Any]:

@@ -51,14 +51,16 @@ class TrialRun:
     start_time: int | None
     end_time: int | None
     adopted_from: str | None = None  # the sweep whose run this is, when this sweep adopted it
+    stopped_at: float | None = None  # a search's scheduler stopped its configuration at this step
 
 
 def trial_run_of(r: Any, key: str, adopted_from: str | None = None) -> TrialRun:
     """An MLflow run (as `MlflowClient` returns it) of trial `key` as a `TrialRun`."""
-    from workers.tracking import TAG_CELL_KEY, TAG_SEED
+    from workers.tracking import TAG_CELL_KEY, TAG_SEED, TAG_STOPPED_AT
 
     tags = r.data.tags
     seed = tags.get(TAG_SEED)
+    stopped = tags.get(TAG_STOPPED_AT)
     return TrialRun(
         run_id=r.info.run_id,
         trial_key=key,
@@ -69,6 +71,7 @@ def trial_run_of(r: Any, key: str, adopted_from: str | None = None) -> TrialRun:
         start_time=r.info.start_time,
         end_time=r.info.end_time,
         adopted_from=adopted_from,
+        stopped_at=float(stopped) if stopped and stopped.isdigit() else None,
     )
 
 
@@ -184,8 +187,13 @@ def compute_results(
     agg: Agg | None = None,
     reference: str | None = None,
     history: History | None = None,
+    include_stopped: bool = False,
 ) -> dict[str, Any]:
     """Per cell and metric: n, mean, std, min, max, seeds, the paper's value and Welch's p.
+
+    A search's configuration whose runs its scheduler stopped early (``stopped`` of them) did
+    not train its budget: it is left out unless `include_stopped`, and ``stopped_cells`` says
+    how many were left out, so only configurations that completed are compared by default.
 
     Args:
         metrics: the metric names to aggregate.
@@ -197,10 +205,18 @@ def compute_results(
     Returns:
         ``{"metrics", "agg" (the given agg or None), "metric_info": {name: {mode, unit,
         display, agg}}, "reference_cell", "cells": [{cell_key, cell, expected, adopted: {seed:
-        sweep id whose run it adopted}, metrics: {name: {n, mean, std, min, max, values, seeds,
-        paper, p_value}}}], "significance"}``.
+        sweep id whose run it adopted}, stopped, metrics: {name: {n, mean, std, min, max, values,
+        seeds, paper, p_value}}}], "significance", "stopped_cells", "include_stopped"}``.
     """
     decl = declarations(spec, metrics, agg)
+    stopped: dict[str, int] = {}
+    for t in trials:
+        run = runs.get(t.trial_key)
+        if run is not None and run.stopped_at is not None:
+            stopped[t.cell_key] = stopped.get(t.cell_key, 0) + 1
+    left_out = 0 if include_stopped else len(stopped)
+    if left_out:
+        trials = [t for t in trials if t.cell_key not in stopped]
     cells: dict[str, dict[str, Any]] = {}
     for t in trials:
         c = cells.setdefault(
@@ -227,6 +243,7 @@ def compute_results(
             "cell": c["cell"],
             "expected": c["expected"],
             "adopted": adopted.get(key, {}),
+            "stopped": stopped.get(key, 0),
             "metrics": {},
         }
         for name, summaries in per_metric.items():
@@ -259,6 +276,8 @@ def compute_results(
         "reference_cell": ref,
         "cells": out_cells,
         "significance": "p_value: Welch's two-sided t-test of the cell's values against the reference cell's",
+        "stopped_cells": left_out,
+        "include_stopped": include_stopped,
     }
 
 
@@ -354,10 +373,17 @@ def to_markdown(results: Mapping[str, Any]) -> str:
             n = f"{m['n']}/{c['expected']}"
             if c.get("adopted"):
                 n += f" ({len(c['adopted'])} adopted)"
+            if c.get("stopped"):
+                n += " (stopped early)"
             lines.append(
                 f"| {c['cell_key'] or '(params only)'} | {value} | {n} | {lo} | {hi} | {paper} | {p} |"
             )
         out.append("\n".join(lines))
+    if results.get("stopped_cells"):
+        out.append(
+            f"{results['stopped_cells']} configuration(s) stopped early by the scheduler are not shown "
+            "(include_stopped=true shows them at the step they reached)."
+        )
     return "\n\n".join(out) + "\n"
 
 

@@ -16,9 +16,21 @@ from workers._status import DONE_STATES, STATES
 #: Trial states that count as done for progress.
 _DONE = (*DONE_STATES, "failed")
 #: The per-trial fields the row keeps (the status file has more: pids, start history).
-_TRIAL_FIELDS = ("state", "attempts", "last_step", "run_id", "error", "placement", "nodes", "adopted_from")
+_TRIAL_FIELDS = (
+    "state",
+    "attempts",
+    "last_step",
+    "run_id",
+    "error",
+    "placement",
+    "nodes",
+    "adopted_from",
+    "stopped_at",
+)
 
-PlanRow = list[Any]  # [trial_key, index, cell_key, seed, steps]
+#: ``[trial_key, index, cell_key, seed, steps]``; a search's rows add the cell (its searched
+#: values), from which `service.queries.Reads.expansion` rebuilds the configurations' trials.
+PlanRow = list[Any]
 
 
 def plan_of(trials: Sequence[Any]) -> list[PlanRow]:
@@ -26,23 +38,43 @@ def plan_of(trials: Sequence[Any]) -> list[PlanRow]:
     return [[t.trial_key, t.index, t.cell_key, t.seed, t.config.get("steps")] for t in trials]
 
 
+def search_plan_of(status: Mapping[str, Any]) -> list[PlanRow] | None:
+    """A search's plan from its driver's status: a row per trial of every configuration its
+    searcher proposed so far, in proposal order (None: not a search's status). A search has no
+    static plan: the reconciler stores this one, which grows as the search runs."""
+    trials = status.get("trials") or {}
+    rows = [
+        [key, t.get("index"), t.get("cell_key"), t.get("seed"), t.get("steps"), t["cell"]]
+        for key, t in trials.items()
+        if isinstance(t, Mapping) and isinstance(t.get("cell"), Mapping)
+    ]
+    if not rows and not status.get("search"):
+        return None
+    return sorted(rows, key=lambda r: int(r[1] or 0))
+
+
 def empty_counts(total: int) -> dict[str, int]:
     """The counts of a sweep no driver has reported on yet, shaped as the driver's."""
     return {"total": total, **dict.fromkeys(STATES, 0), "pending": total}
 
 
-def progress_of(plan: Sequence[PlanRow], trials: Mapping[str, Mapping[str, Any]]) -> float:
-    """0..1: trials done (finished, skipped, adopted or failed) plus the fraction of steps of the others."""
-    if not plan:
+def progress_of(
+    plan: Sequence[PlanRow], trials: Mapping[str, Mapping[str, Any]], total: int | None = None
+) -> float:
+    """0..1: trials done (finished, skipped, adopted or failed) plus the fraction of steps of the
+    others, over `total` trials (default: the plan's; a search's budget is larger than its plan
+    until it has proposed every configuration)."""
+    count = max(len(plan), total or 0)
+    if not count:
         return 0.0
     done = 0.0
-    for key, _index, _cell, _seed, steps in plan:
+    for key, _index, _cell, _seed, steps, *_ in plan:
         t = trials.get(key) or {}
         if t.get("state") in _DONE:
             done += 1.0
         elif t.get("last_step") and steps:
             done += min(1.0, float(t["last_step"]) / float(steps))
-    return done / len(plan)
+    return done / count
 
 
 def last_error_of(trials: Mapping[str, Mapping[str, Any]]) -> str | None:
@@ -69,11 +101,13 @@ def snapshot_fields(
     state: str,
     started_at: datetime | None,
     now: datetime,
+    total: int | None = None,
 ) -> dict[str, Any]:
-    """The row's snapshot columns from the driver's status (None: no status yet)."""
+    """The row's snapshot columns from the driver's status (None: no status yet); `total`: the
+    sweep's trial count (a search's budget), when it is more than the plan's rows."""
     if status is None:
         trials: dict[str, dict[str, Any]] = {}
-        counts = empty_counts(len(plan))
+        counts = empty_counts(max(len(plan), total or 0))
     else:
         trials = {
             key: {f: t.get(f) for f in _TRIAL_FIELDS}
@@ -81,7 +115,10 @@ def snapshot_fields(
             if isinstance(t, Mapping)
         }
         counts = dict(status.get("counts") or empty_counts(len(plan)))
-    progress = round(progress_of(plan, trials), 4)
+        if total and counts.get("total", 0) < total:  # a search: the configurations not proposed yet
+            counts["pending"] = int(counts.get("pending", 0)) + total - int(counts.get("total", 0))
+            counts["total"] = total
+    progress = round(progress_of(plan, trials, total), 4)
     return {
         "trials": trials,
         "counts": counts,
@@ -113,6 +150,7 @@ __all__ = [
     "last_error_of",
     "plan_of",
     "progress_of",
+    "search_plan_of",
     "snapshot_fields",
     "waiting_of",
 ]

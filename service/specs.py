@@ -51,7 +51,15 @@ class CheckedSpec:
 
     @property
     def cells(self) -> int:
+        """Cells of a grid; a search's configurations (its budget: at most this many)."""
+        if self.spec.search is not None:
+            return self.spec.num_configs
         return len({t.cell_key for t in self.trials})
+
+    @property
+    def trial_count(self) -> int:
+        """Trials of a grid; a search's budget (configurations x seeds: at most this many)."""
+        return count_trials(self.spec) if self.spec.search is not None else len(self.trials)
 
 
 @dataclass(frozen=True)
@@ -62,7 +70,7 @@ class CheckedSuite:
 
     @property
     def trial_count(self) -> int:
-        return sum(len(c.trials) for _, c in self.members)
+        return sum(c.trial_count for _, c in self.members)
 
     @property
     def trial_keys(self) -> list[str]:

@@ -106,7 +106,7 @@ class SweepStatus:
                     "nodes": list(before.get("nodes", [])),
                     "adopted_from": None,
                     "stopped_at": None,
-                    **({"cell": trial.cell} if cells else {}),
+                    **({"cell": trial.cell, "steps": trial.config.get("steps")} if cells else {}),
                 }
             self._touch(True)
 

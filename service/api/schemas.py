@@ -85,6 +85,9 @@ class TrialPublic(BaseModel):
     adopted_from: str | None = Field(
         None, description="adopted: the sweep whose run this is; waiting: the sweep running it"
     )
+    stopped_at: float | None = Field(
+        None, description="a search's scheduler stopped its configuration at this step (run FINISHED)"
+    )
 
 
 class TrialsPublic(BaseModel):

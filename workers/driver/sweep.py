@@ -257,6 +257,7 @@ def run_sweep(
                 "name": spec.name,
                 "tracking_uri": tracking_uri,
                 "tune_experiment": None,
+                "search": spec.search is not None,
             },
         )
         status.add_trials(trials, runs)

@@ -10,6 +10,22 @@ from workers.spec.schema import MAX_TRIALS, SweepSpec, SweepSuite
 from workers.spec.text import MAX_SPEC_BYTES
 
 
+def _search_preview(spec: SweepSpec) -> dict[str, Any]:
+    """A search's budget: at most this many configurations and trials (a scheduler stops some
+    early, and a small discrete space can run out first), so its hours are upper bounds."""
+    assert spec.search is not None
+    scheduler = spec.scheduler.model_dump() if spec.scheduler is not None else {"type": "fifo"}
+    return {
+        "algorithm": spec.search.algorithm,
+        "seed": spec.search.seed,
+        "max_configurations": spec.num_configs,
+        "max_trials": spec.num_configs * len(spec.seeds),
+        "space": {k: {d.kind: list(d.choices) if d.kind == "choice" else [d.low, d.high]} for k, d in spec.distributions.items()},
+        "scheduler": scheduler,
+        "upper_bound": True,
+    }
+
+
 def _file_preview(file: str, spec: SweepSpec) -> dict[str, Any]:
     trials = expand(spec)
     cells: dict[str, dict[str, Any]] = {}
@@ -37,7 +53,11 @@ def _file_preview(file: str, spec: SweepSpec) -> dict[str, Any]:
         c["seeds"].append(t.seed)
         c["trial_keys"].append(t.trial_key)
     n, res, hours = len(trials), spec.resources, spec.duration_hours
-    return {
+    search = None
+    if spec.search is not None:  # no trials before it runs: its budget, at most
+        search = _search_preview(spec)
+        n = search["max_trials"]
+    out = {
         "file": file,
         "name": spec.name,
         "experiment": spec.experiment,
@@ -59,6 +79,10 @@ def _file_preview(file: str, spec: SweepSpec) -> dict[str, Any]:
         "limits": spec.limits.model_dump(),
         "cell_list": list(cells.values()),
     }
+    if search is not None:
+        out["cells"] = search["max_configurations"]
+        out["search"] = search
+    return out
 
 
 def preview(spec: SweepSpec | SweepSuite) -> dict[str, Any]:
@@ -77,6 +101,7 @@ def preview(spec: SweepSpec | SweepSuite) -> dict[str, Any]:
     members = spec.specs if isinstance(spec, SweepSuite) else [(spec.source, spec)]
     files = [_file_preview(f, s) for f, s in members]
     keys = {k for f in files for c in f["cell_list"] for k in c["trial_keys"]}
+    searched = sum(f["search"]["max_trials"] for f in files if "search" in f)  # proposed as they run
     timed = [f for f in files if f["resources"]["duration_hours"] is not None]
     return {
         "kind": "suite" if isinstance(spec, SweepSuite) else "spec",
@@ -86,7 +111,7 @@ def preview(spec: SweepSpec | SweepSuite) -> dict[str, Any]:
         "files": files,
         "total": {
             "trials": sum(f["trials"] for f in files),
-            "distinct_trials": len(keys),
+            "distinct_trials": len(keys) + searched,
             "cells": sum(f["cells"] for f in files),
             "cpu": sum(f["resources"]["cpu"] for f in files),
             "gpu": sum(f["resources"]["gpu"] for f in files),

@@ -136,12 +136,16 @@ def get_results(
         str | None,
         Query(description="cell_key the p-values compare against (default: the first cell)", max_length=2000),
     ] = None,
+    include_stopped: Annotated[
+        bool,
+        Query(description="a search: also the configurations its scheduler stopped early (default: left out)"),
+    ] = False,
     format: Annotated[Literal["json", "csv", "markdown"], Query()] = "json",
 ) -> Response:
     """Per cell: n, mean, std, min, max of the chosen metrics, the paper's value, Welch's p."""
     from service.results import to_csv, to_markdown
 
-    body = reads.results(sweep_id, metric, agg, reference)
+    body = reads.results(sweep_id, metric, agg, reference, include_stopped)
     if format == "csv":
         return conditional(request, to_csv(json.loads(body)).encode(), "text/csv; charset=utf-8")
     if format == "markdown":
