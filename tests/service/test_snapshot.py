@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -73,6 +75,7 @@ def test_snapshot_fields_keep_only_the_rows_fields() -> None:
             "placement": {"node": "10.0.0.2", "device": "cpu"},
             "nodes": ["10.0.0.1", "10.0.0.2"],
             "adopted_from": None,
+            "stopped_at": None,
         }
     }
     assert fields["counts"] == status["counts"] and fields["progress"] == 0.125
@@ -95,3 +98,30 @@ def test_finished_and_waiting_trials_of_a_snapshot() -> None:
     # adopted trials are done for progress; waiting ones are not
     plan = [[k, i, "", 0, 10] for i, k in enumerate(trials)]
     assert progress_of(plan, trials) == pytest.approx(4 / 5)
+
+
+def test_a_searchs_plan_grows_from_its_status_and_progress_counts_its_whole_budget() -> None:
+    from service.snapshot import search_plan_of
+
+    def trial(index: int, state: str, last_step: int | None, cell: dict[str, Any]) -> dict[str, Any]:
+        return {"index": index, "cell_key": f"lr={cell['lr']}", "seed": index % 2, "steps": 100,
+                "state": state, "last_step": last_step, "cell": cell, "stopped_at": None}
+
+    status = {
+        "search": True,
+        "counts": {"total": 4, "finished": 2, "running": 2},
+        "trials": {
+            "k2": trial(2, "running", 50, {"lr": 0.1}),
+            "k0": trial(0, "finished", 100, {"lr": 0.01}),
+            "k1": trial(1, "finished", 30, {"lr": 0.01}),
+            "k3": trial(3, "running", 50, {"lr": 0.1}),
+        },
+    }
+    plan = search_plan_of(status)
+    assert plan is not None and [row[0] for row in plan] == ["k0", "k1", "k2", "k3"]  # proposal order
+    assert plan[2] == ["k2", 2, "lr=0.1", 0, 100, {"lr": 0.1}]
+    fields = snapshot_fields(status, plan, state="running", started_at=NOW, now=NOW, total=10)
+    assert fields["progress"] == pytest.approx((2 + 0.5 + 0.5) / 10)  # of the budget of 10, not the 4 proposed
+    assert fields["counts"]["total"] == 10 and fields["counts"]["pending"] == 6
+    assert search_plan_of({"trials": {}}) is None  # a grid's status: no plan from it
+    assert search_plan_of({"search": True, "trials": {}}) == []
