@@ -430,7 +430,12 @@ class Reads:
                 res
                 if include_stopped and chosen == own
                 else compute_results(
-                    spec, trials, runs, metrics=own, history=history_points(self.mlflow()), include_stopped=True
+                    spec,
+                    trials,
+                    runs,
+                    metrics=own,
+                    history=history_points(self.mlflow()),
+                    include_stopped=True,
                 )
             )
             res["search"] = search_summary(spec, every, include_stopped=include_stopped)

@@ -366,9 +366,7 @@ def build_report(
     if spec.search is not None:  # the search's own section and a figure per searched field
         from service.search_report import search_figures, search_markdown, search_summary
 
-        every = compute_results(
-            spec, trials, runs, metrics=[metric], history=history, include_stopped=True
-        )
+        every = compute_results(spec, trials, runs, metrics=[metric], history=history, include_stopped=True)
         figures.update(search_figures(spec, every))
         parts += [search_markdown(search_summary(spec, every), every).strip(), ""]
     if figures:

@@ -93,7 +93,16 @@ def test_a_search_over_rest(stack: Any, wait_for: Any) -> None:
         ]
         m = cell["metrics"][METRIC]
         assert m["n"] == 2 and m["mean"] == pytest.approx(statistics.fmean(values))
-        assert json.loads(next(r.data.tags["dab.cell"] for r in children if r.data.tags["dab.cell_key"] == cell["cell_key"])) == cell["cell"]
+        assert (
+            json.loads(
+                next(
+                    r.data.tags["dab.cell"]
+                    for r in children
+                    if r.data.tags["dab.cell_key"] == cell["cell_key"]
+                )
+            )
+            == cell["cell"]
+        )
     summary = res["search"]
     assert summary["configurations"] == 5 and summary["stopped"] == len(stopped)
     assert summary["best"][0]["mean"] == max(c["metrics"][METRIC]["mean"] for c in res["cells"])

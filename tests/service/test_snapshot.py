@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -104,8 +103,16 @@ def test_a_searchs_plan_grows_from_its_status_and_progress_counts_its_whole_budg
     from service.snapshot import search_plan_of
 
     def trial(index: int, state: str, last_step: int | None, cell: dict[str, Any]) -> dict[str, Any]:
-        return {"index": index, "cell_key": f"lr={cell['lr']}", "seed": index % 2, "steps": 100,
-                "state": state, "last_step": last_step, "cell": cell, "stopped_at": None}
+        return {
+            "index": index,
+            "cell_key": f"lr={cell['lr']}",
+            "seed": index % 2,
+            "steps": 100,
+            "state": state,
+            "last_step": last_step,
+            "cell": cell,
+            "stopped_at": None,
+        }
 
     status = {
         "search": True,
@@ -121,7 +128,9 @@ def test_a_searchs_plan_grows_from_its_status_and_progress_counts_its_whole_budg
     assert plan is not None and [row[0] for row in plan] == ["k0", "k1", "k2", "k3"]  # proposal order
     assert plan[2] == ["k2", 2, "lr=0.1", 0, 100, {"lr": 0.1}]
     fields = snapshot_fields(status, plan, state="running", started_at=NOW, now=NOW, total=10)
-    assert fields["progress"] == pytest.approx((2 + 0.5 + 0.5) / 10)  # of the budget of 10, not the 4 proposed
+    assert fields["progress"] == pytest.approx(
+        (2 + 0.5 + 0.5) / 10
+    )  # of the budget of 10, not the 4 proposed
     assert fields["counts"]["total"] == 10 and fields["counts"]["pending"] == 6
     assert search_plan_of({"trials": {}}) is None  # a grid's status: no plan from it
     assert search_plan_of({"search": True, "trials": {}}) == []

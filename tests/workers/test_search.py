@@ -159,7 +159,12 @@ def test_a_search_whose_driver_is_killed_resumes_without_duplicates_or_losses(
     import subprocess
     import tempfile
 
-    params = {**{k: v for k, v in TINY.items() if k not in ("lr", "dense_hidden")}, "steps": 600, "eval_every": 20, "checkpoint_every": 60}
+    params = {
+        **{k: v for k, v in TINY.items() if k not in ("lr", "dense_hidden")},
+        "steps": 600,
+        "eval_every": 20,
+        "checkpoint_every": 60,
+    }
     spec = search_spec(
         "kill",
         "tpe",
@@ -210,5 +215,8 @@ def test_a_search_whose_driver_is_killed_resumes_without_duplicates_or_losses(
     assert len(complete) == 6
     assert len({json.dumps(t.params, sort_keys=True) for t in complete}) == 6  # none proposed twice
     space = spec.distributions
-    cells = {json.dumps(encode(space, json.loads(v[0].data.tags["dab.cell"])), sort_keys=True) for v in by_config.values()}
+    cells = {
+        json.dumps(encode(space, json.loads(v[0].data.tags["dab.cell"])), sort_keys=True)
+        for v in by_config.values()
+    }
     assert cells == {json.dumps(t.params, sort_keys=True) for t in complete}  # the runs are the study's

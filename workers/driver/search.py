@@ -114,10 +114,12 @@ class DabSearch(OptunaSearch):  # type: ignore[misc]
     def _drop(self, trial_id: str, why: str) -> None:
         from optuna.trial import TrialState
 
-        self._ot_study.tell(self._ot_trials.pop(trial_id), state=TrialState.FAIL)
+        study = self._ot_study
+        assert study is not None  # set up by OptunaSearch's constructor
+        study.tell(self._ot_trials.pop(trial_id), state=TrialState.FAIL)
         self.refused.append(why)
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
         from workers.spec import SpecError
         from workers.spec.expand import search_trials
         from workers.spec.search import decode
@@ -151,15 +153,7 @@ class DabSearch(OptunaSearch):  # type: ignore[misc]
                 ],
             }
         log.info("no new configuration in %d proposals: the space is exhausted", MAX_DUPLICATE_PROPOSALS)
-        return Searcher.FINISHED  # type: ignore[no-any-return]
-
-    def told(self) -> list[dict[str, Any]]:
-        """What Optuna was told, per configuration it was asked for: ``{number, params, state,
-        value}`` (a choice as its index). For tests and the status: the searcher's own record."""
-        return [
-            {"number": t.number, "params": dict(t.params), "state": t.state.name, "value": t.value}
-            for t in self._ot_study.get_trials(deepcopy=False)
-        ]
+        return Searcher.FINISHED  # type: ignore[return-value]  # Tune's "no more" sentinel
 
 
 @dataclass(frozen=True)

@@ -534,7 +534,9 @@ def _run_search(
     )
     status.set(tune_experiment=str(path), resources=resources)
     status.write()
-    log.info("%s search %s: at most %d configuration(s)", "restored" if restored else "new", path, spec.num_configs)
+    log.info(
+        "%s search %s: at most %d configuration(s)", "restored" if restored else "new", path, spec.num_configs
+    )
     signals.in_fit = True
     try:
         tuner.fit()

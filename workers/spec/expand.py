@@ -306,7 +306,9 @@ class _Expander:
             raw, prov = self.raw_config(cell, ck)
             for r, seed in enumerate(seeds):
                 raw["seed"] = seed
-                prov[("seed",)] = ("replicates",) if isinstance(self.spec.replicates, int) else ("replicates", r)
+                prov[("seed",)] = (
+                    ("replicates",) if isinstance(self.spec.replicates, int) else ("replicates", r)
+                )
                 config = self.validate(raw, cell, ck, prov)
                 index = (first + i) * len(seeds) + r
                 out.append(Trial(index, dict(values), ck, r, seed, config, trial_key_of(config)))

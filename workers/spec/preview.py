@@ -20,7 +20,10 @@ def _search_preview(spec: SweepSpec) -> dict[str, Any]:
         "seed": spec.search.seed,
         "max_configurations": spec.num_configs,
         "max_trials": spec.num_configs * len(spec.seeds),
-        "space": {k: {d.kind: list(d.choices) if d.kind == "choice" else [d.low, d.high]} for k, d in spec.distributions.items()},
+        "space": {
+            k: {d.kind: list(d.choices) if d.kind == "choice" else [d.low, d.high]}
+            for k, d in spec.distributions.items()
+        },
         "scheduler": scheduler,
         "upper_bound": True,
     }

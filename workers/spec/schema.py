@@ -95,7 +95,9 @@ class Search(_Strict):
         le=MAX_TRIALS,
         description="configurations to try (each trained with every seed); grid: default all",
     )
-    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="the sampler's seed: same seed, same proposals")
+    seed: int = Field(
+        default=0, ge=0, le=2**32 - 1, description="the sampler's seed: same seed, same proposals"
+    )
 
 
 class Scheduler(_Strict):
@@ -173,9 +175,13 @@ class SweepSpec(_Strict):
         default=None, gt=0, description="estimated hours per trial (preview's totals)"
     )
     paper: list[PaperValue] = Field(default_factory=list, description="the paper's numbers per cell")
-    search: Search | None = Field(default=None, description="sample configurations from space instead of a grid")
+    search: Search | None = Field(
+        default=None, description="sample configurations from space instead of a grid"
+    )
     space: dict[str, Any] = Field(default_factory=dict, description="a search's fields -> distributions")
-    scheduler: Scheduler | None = Field(default=None, description="early stopping of a search's configurations")
+    scheduler: Scheduler | None = Field(
+        default=None, description="early stopping of a search's configurations"
+    )
 
     _source: str = PrivateAttr("<spec>")
     _lines: dict[FieldPath, int] = PrivateAttr(default_factory=dict)
@@ -451,7 +457,9 @@ def _check_search(spec: SweepSpec) -> None:
     """The rules of `search`, `space` and `scheduler` beyond their field types."""
     if spec.search is None:
         if spec.space:
-            raise FieldError(("space",), "a space is sampled by a search: add search: {algorithm: random | tpe | grid}")
+            raise FieldError(
+                ("space",), "a space is sampled by a search: add search: {algorithm: random | tpe | grid}"
+            )
         if spec.scheduler is not None and spec.scheduler.type != "fifo":
             raise FieldError(
                 ("scheduler",),
@@ -467,13 +475,19 @@ def _check_search(spec: SweepSpec) -> None:
                 "(fixed values go in params, listed ones in space as a choice)",
             )
     if not spec.space:
-        raise FieldError(("space",), "a search needs a space: config fields -> distributions, e.g. lr: {loguniform: [1.0e-5, 1.0e-2]}")
+        raise FieldError(
+            ("space",),
+            "a search needs a space: config fields -> distributions, e.g. lr: {loguniform: [1.0e-5, 1.0e-2]}",
+        )
     for k in spec.space:
         err = _key_error(k)
         if err:
             raise FieldError(("space", k), err)
         if _has_path(spec.params, k.split(".")):
-            raise FieldError(("space", k), f"also fixed in params.{k}: a field is either fixed (params) or searched (space)")
+            raise FieldError(
+                ("space", k),
+                f"also fixed in params.{k}: a field is either fixed (params) or searched (space)",
+            )
     clash = _prefix_clash(list(spec.space))
     if clash:
         raise FieldError(("space", clash[1]), f"overlaps {clash[0]!r}: one field cannot be searched twice")
@@ -483,14 +497,18 @@ def _check_search(spec: SweepSpec) -> None:
         if size is None:
             ranged = next(k for k, d in space.items() if d.size is None)
             raise FieldError(
-                ("space", ranged), f"a grid search takes choice and int fields; {ranged!r} is a continuous range"
+                ("space", ranged),
+                f"a grid search takes choice and int fields; {ranged!r} is a continuous range",
             )
         if spec.search.num_samples is not None and spec.search.num_samples > size:
             raise FieldError(
                 ("search", "num_samples"), f"the grid has {size:,} configurations, fewer than num_samples"
             )
     elif spec.search.num_samples is None:
-        raise FieldError(("search", "num_samples"), f"a {spec.search.algorithm} search needs num_samples: how many configurations to try")
+        raise FieldError(
+            ("search", "num_samples"),
+            f"a {spec.search.algorithm} search needs num_samples: how many configurations to try",
+        )
     family = family_of(spec.experiment)
     declared = [m.name for m in family.metrics]
     if spec.metric not in declared:

@@ -115,12 +115,15 @@ def parse_dist(raw: Any, at: tuple[str | int, ...]) -> Dist:
         raise FieldError(at, f"a distribution is a mapping with one of {kinds}, e.g. {{uniform: [0.1, 1.0]}}")
     kind, args = next(iter(raw.items()))
     if kind not in DIST_KINDS:
-        raise FieldError((*at, str(kind)), f"unknown distribution {kind!r}; known: {kinds}{suggest(kind, DIST_KINDS)}")
+        raise FieldError(
+            (*at, str(kind)), f"unknown distribution {kind!r}; known: {kinds}{suggest(kind, DIST_KINDS)}"
+        )
     where = (*at, kind)
     if kind == "choice":
         if not isinstance(args, list) or len(args) < 2:
             raise FieldError(
-                where, f"a choice is a list of at least two values, got {short_repr(args)} (one value goes in params)"
+                where,
+                f"a choice is a list of at least two values, got {short_repr(args)} (one value goes in params)",
             )
         if len(args) > MAX_CHOICES:
             raise FieldError(where, f"at most {MAX_CHOICES} values, got {len(args)}")

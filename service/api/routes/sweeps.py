@@ -138,7 +138,9 @@ def get_results(
     ] = None,
     include_stopped: Annotated[
         bool,
-        Query(description="a search: also the configurations its scheduler stopped early (default: left out)"),
+        Query(
+            description="a search: also the configurations its scheduler stopped early (default: left out)"
+        ),
     ] = False,
     format: Annotated[Literal["json", "csv", "markdown"], Query()] = "json",
 ) -> Response:

@@ -35,7 +35,9 @@ def test_a_search_counts_configurations_times_seeds_and_has_no_trials_before_it_
     assert spec.is_search and spec.num_configs == 6 and count_trials(spec) == 18
     assert expand(spec) == []
     grid = parse_spec(
-        spec_with(search={"algorithm": "grid"}, space={"lr": {"choice": [1e-3, 1e-2]}, "gamma": {"int": [1, 3]}})
+        spec_with(
+            search={"algorithm": "grid"}, space={"lr": {"choice": [1e-3, 1e-2]}, "gamma": {"int": [1, 3]}}
+        )
     )
     assert grid.num_configs == 6  # 2 x 3, every configuration once
 
@@ -84,7 +86,11 @@ def test_the_trials_of_a_configuration_are_its_seeds_configuration_major() -> No
         ({"scheduler": {"type": "hyperband"}}, "scheduler.type", "asha"),
         ({"scheduler": {"type": "asha", "min_samples": 2}}, "scheduler.min_samples", "median option"),
         ({"scheduler": {"type": "fifo", "grace_steps": 2}}, "scheduler.grace_steps", "fifo stops nothing"),
-        ({"scheduler": {"type": "asha", "reduction_factor": 1}}, "scheduler.reduction_factor", "greater than 1"),
+        (
+            {"scheduler": {"type": "asha", "reduction_factor": 1}},
+            "scheduler.reduction_factor",
+            "greater than 1",
+        ),
         ({"metric": "accuracy"}, "metric", "a metric its trials report"),
         ({"search": None}, "space", "sampled by a search"),
         ({"search": None, "space": None, "scheduler": {"type": "asha"}}, "scheduler", "search"),
@@ -132,7 +138,14 @@ finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinit
 def dists(draw: st.DrawFn) -> Dist:
     kind = draw(st.sampled_from(["uniform", "loguniform", "int", "choice"]))
     if kind == "choice":
-        values = draw(st.lists(st.one_of(st.integers(-50, 50), st.text(max_size=4), st.lists(st.integers(1, 9), max_size=3)), min_size=2, max_size=6, unique_by=lambda v: repr(v)))
+        values = draw(
+            st.lists(
+                st.one_of(st.integers(-50, 50), st.text(max_size=4), st.lists(st.integers(1, 9), max_size=3)),
+                min_size=2,
+                max_size=6,
+                unique_by=lambda v: repr(v),
+            )
+        )
         from workers.spec.expand import value_key
 
         if len({value_key(v) for v in values}) < len(values):
@@ -143,7 +156,9 @@ def dists(draw: st.DrawFn) -> Dist:
         return parse_dist({"int": [low, low + draw(st.integers(1, 1000))]}, ("space", "x"))
     if kind == "loguniform":
         low = draw(st.floats(min_value=1e-8, max_value=1e3))
-        return parse_dist({"loguniform": [low, low * draw(st.floats(min_value=1.001, max_value=1e6))]}, ("space", "x"))
+        return parse_dist(
+            {"loguniform": [low, low * draw(st.floats(min_value=1.001, max_value=1e6))]}, ("space", "x")
+        )
     low = draw(finite)
     high = low + draw(st.floats(min_value=1e-3, max_value=1e6))
     return parse_dist({"uniform": [low, high]}, ("space", "x"))
@@ -182,7 +197,9 @@ def test_the_same_search_seed_proposes_the_same_configurations(algorithm: str, s
         if algorithm == "grid"
         else {"lr": {"loguniform": [1e-4, 1e-2]}, "gamma": {"uniform": [1, 30]}}
     )
-    data = parse_spec(spec_with(search={"algorithm": algorithm, "num_samples": 12, "seed": seed}, space=space)).model_dump(mode="json")
+    data = parse_spec(
+        spec_with(search={"algorithm": algorithm, "num_samples": 12, "seed": seed}, space=space)
+    ).model_dump(mode="json")
 
     def proposals() -> list[Any]:
         searcher = DabSearch(data, "test_all_or_none", "max")
