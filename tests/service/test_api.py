@@ -87,6 +87,67 @@ def test_idempotency_key(api: Api) -> None:
         (json.dumps(_spec(experiment="nope")), "application/json", "experiment", "unknown experiment family"),
         ("[1, 2, 3]", "application/json", None, "mapping"),
         ("", "application/yaml", None, "empty"),
+        *[
+            (
+                json.dumps(
+                    _spec(grid=None, paper=None, params={**TINY_DATA["params"], "model": "signum-dense"}, **search)
+                ),
+                "application/json",
+                field,
+                words,
+            )
+            for search, field, words in [
+                (
+                    {"search": {"algorithm": "tpe"}, "space": {"lr": {"uniform": [0.1, 1]}}},
+                    "search.num_samples",
+                    "num_samples",
+                ),
+                (
+                    {
+                        "search": {"algorithm": "sobol", "num_samples": 2},
+                        "space": {"lr": {"uniform": [0.1, 1]}},
+                    },
+                    "search.algorithm",
+                    "tpe",
+                ),
+                (
+                    {"search": {"algorithm": "random", "num_samples": 2}, "space": {"lr": {"beta": [1, 2]}}},
+                    "space.lr.beta",
+                    "unknown distribution",
+                ),
+                (
+                    {
+                        "search": {"algorithm": "random", "num_samples": 2},
+                        "space": {"lr": {"uniform": [1, 0.5]}},
+                    },
+                    "space.lr.uniform[1]",
+                    "empty range",
+                ),
+                (
+                    {"search": {"algorithm": "random", "num_samples": 2}, "space": {"lr": "0.1"}},
+                    "space.lr",
+                    "one of",
+                ),
+                (
+                    {
+                        "search": {"algorithm": "random", "num_samples": 2},
+                        "space": {"lr": {"uniform": [0.1, 1]}},
+                        "scheduler": {"type": "asha", "grace_steps": 0},
+                    },
+                    "scheduler.grace_steps",
+                    "greater than or equal to 1",
+                ),
+                (
+                    {
+                        "search": {"algorithm": "random", "num_samples": 2},
+                        "space": {"colour": {"int": [1, 2]}},
+                    },
+                    "space.colour.int[0]",
+                    "unknown field 'colour'",
+                ),
+                ({"space": {"lr": {"uniform": [0.1, 1]}}}, "space", "sampled by a search"),
+            ]
+        ],
     ],
 )
 def test_bad_specs_are_422_naming_the_problem(

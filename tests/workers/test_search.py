@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import pickle
 import statistics
 from collections.abc import Callable
@@ -39,10 +38,11 @@ def search_spec(name: str, algorithm: str, **extra: Any) -> Any:
 
 
 def searcher_state(sweep_dir: Path) -> dict[str, Any]:
-    """The searcher as Tune last saved it with the experiment (`DabSearch.save`; one file per
-    driver session): what it was told."""
+    """The searcher as Tune last saved it with the experiment (`DabSearch.save`): what it was
+    told. One file per driver session, named by the session's start (Tune syncs them all at
+    once, so their mtimes are equal): the last name is the last session's."""
     paths = glob.glob(str(sweep_dir / "tune" / "search" / "searcher-state-*.pkl"))
-    with open(max(paths, key=os.path.getmtime), "rb") as f:
+    with open(max(paths), "rb") as f:
         return pickle.load(f)  # type: ignore[no-any-return]
 
 
