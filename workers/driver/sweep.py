@@ -1,4 +1,6 @@
-"""One run of the sweep driver, start to end: see `workers.driver`."""
+"""One run of the sweep driver, start to end: see `workers.driver`. (Over 500 lines: the
+whole life of a driver run, from finding its MLflow runs to ending them, reads top to bottom
+in one place; the search's own parts are in `workers.driver.search`.)"""
 
 from __future__ import annotations
 
@@ -319,48 +321,29 @@ def run_sweep(
         signals = SignalState()
         try:
             with stop_on_signals(on_stop, signals):
-                if spec.search is not None:
-                    tune_path, restored = _run_search(
-                        spec,
-                        location=location,
-                        writer=writer,
-                        status=status,
-                        runs=runs,
-                        run_spec=lambda t: _with_tags(
-                            trial_run_spec(t, sweep_id=sid, parent_run_id=parent_id, family=spec.experiment),
-                            extra,
-                        ),
-                        token=f"dab-sweep:{sid}",
-                        prune_checkpoints=prune_checkpoints,
-                        ray_address=ray_address,
-                        num_cpus=num_cpus,
-                        checkpoints_to_keep=checkpoints_to_keep,
-                        verbose=verbose,
-                        signals=signals,
-                        live=holder,
-                    )
-                    outcome.tune_experiment = str(tune_path)
-                    outcome.restored = restored
-                elif pending:
-                    tune_path, restored = _run_tune(
-                        spec,
-                        pending,
-                        location=location,
-                        writer=writer,
-                        status=status,
-                        runs=runs,
-                        run_spec=lambda t: _with_tags(
-                            trial_run_spec(t, sweep_id=sid, parent_run_id=parent_id, family=spec.experiment),
-                            extra,
-                        ),
-                        token=f"dab-sweep:{sid}",
-                        prune_checkpoints=prune_checkpoints,
-                        ray_address=ray_address,
-                        num_cpus=num_cpus,
-                        checkpoints_to_keep=checkpoints_to_keep,
-                        verbose=verbose,
-                        signals=signals,
-                        live=holder,
+                session = _TuneSession(
+                    location=location,
+                    writer=writer,
+                    status=status,
+                    runs=runs,
+                    run_spec=lambda t: _with_tags(
+                        trial_run_spec(t, sweep_id=sid, parent_run_id=parent_id, family=spec.experiment),
+                        extra,
+                    ),
+                    token=f"dab-sweep:{sid}",
+                    prune_checkpoints=prune_checkpoints,
+                    ray_address=ray_address,
+                    num_cpus=num_cpus,
+                    checkpoints_to_keep=checkpoints_to_keep,
+                    verbose=verbose,
+                    signals=signals,
+                    live=holder,
+                )
+                if spec.search is not None or pending:
+                    tune_path, restored = (
+                        _run_search(spec, session)
+                        if spec.search is not None
+                        else _run_tune(spec, pending, session)
                     )
                     outcome.tune_experiment = str(tune_path)
                     outcome.restored = restored
@@ -384,109 +367,108 @@ def run_sweep(
     return outcome
 
 
-def _run_tune(
-    spec: Any,
-    pending: Sequence[Any],
-    *,
-    location: Location,
-    writer: Any,
-    status: Any,
-    runs: Mapping[str, Any],
-    run_spec: Callable[[Any], Any],
-    token: str,
-    prune_checkpoints: bool,
-    ray_address: str | None,
-    num_cpus: float | None,
-    checkpoints_to_keep: int,
-    verbose: int,
-    signals: SignalState,
-    live: Live,
-) -> tuple[Location, bool]:
-    import ray
+@dataclass
+class _TuneSession:
+    """What a driver's Tune run works with: the sweep's storage, tracking and signals."""
 
+    location: Location
+    writer: Any
+    status: Any
+    runs: Mapping[str, Any]
+    run_spec: Callable[[Any], Any]
+    token: str
+    prune_checkpoints: bool
+    ray_address: str | None
+    num_cpus: float | None
+    checkpoints_to_keep: int
+    verbose: int
+    signals: SignalState
+    live: Live
+
+    def start(self, spec: Any) -> dict[str, float]:
+        """Join (or start) Ray and return the per-trial resources fitted to the cluster."""
+        import ray
+
+        from workers.trainable import resolve_resources
+
+        self.live.started_ray = ensure_ray(self.ray_address, self.num_cpus)
+        self.signals.install()
+        tune_env()
+        resources, notes = resolve_resources(_requested_resources(spec), ray.cluster_resources())
+        for note in notes:
+            log.warning(note)
+            self.status.note(note)
+        return resources
+
+    def callback(self, run_specs: Mapping[str, Any], last_steps: Mapping[str, Any], **kwargs: Any) -> Any:
+        from workers.tracking import TrackingCallback
+
+        callback = TrackingCallback(
+            writer=self.writer,
+            status=self.status,
+            run_specs=run_specs,
+            last_steps=last_steps,
+            token=self.token,
+            prune_checkpoints=self.prune_checkpoints,
+            **kwargs,
+        )
+        self.live.callback = callback
+        return callback
+
+    def fit(self, tuner: Any, path: Location, resources: Mapping[str, float]) -> None:
+        self.status.set(tune_experiment=str(path), resources=dict(resources))
+        self.status.write()
+        self.signals.in_fit = True
+        try:
+            tuner.fit()
+        finally:
+            self.signals.in_fit = False
+
+
+def _run_tune(spec: Any, pending: Sequence[Any], session: _TuneSession) -> tuple[Location, bool]:
+    """A grid's pending trials under Tune, one Tune trial each."""
     from dab_core.experiments import parse_config
-    from workers.tracking import TrackingCallback
-    from workers.trainable import make_trainable, resolve_resources
+    from workers.trainable import make_trainable
 
     for trial in pending:  # a bad config fails the sweep before any compute
         parse_config(trial.config)
-    live.started_ray = ensure_ray(ray_address, num_cpus)
-    signals.install()
-    tune_env()
-    resources, notes = resolve_resources(_requested_resources(spec), ray.cluster_resources())
-    for note in notes:
-        log.warning(note)
-        status.note(note)
-    callback = TrackingCallback(
-        writer=writer,
-        status=status,
-        run_specs={t.trial_key: run_spec(t) for t in pending},
-        last_steps={t.trial_key: runs[t.trial_key].last_step for t in pending if t.trial_key in runs},
-        token=token,
-        prune_checkpoints=prune_checkpoints,
+    resources = session.start(spec)
+    runs = session.runs
+    callback = session.callback(
+        {t.trial_key: session.run_spec(t) for t in pending},
+        {t.trial_key: runs[t.trial_key].last_step for t in pending if t.trial_key in runs},
     )
-    live.callback = callback
     keys = [t.trial_key for t in pending]
     trainable = make_trainable({t.trial_key: t.config for t in pending}, resources, run_keys=keys)
     tuner, path, restored = build_tuner(
         trainable,
         keys,
-        tune_root=location.child(TUNE_DIR),
+        tune_root=session.location.child(TUNE_DIR),
         callbacks=[callback],
         max_failures=spec.limits.max_failures,
         max_concurrent=spec.limits.max_concurrent,
-        checkpoints_to_keep=checkpoints_to_keep,
-        verbose=verbose,
+        checkpoints_to_keep=session.checkpoints_to_keep,
+        verbose=session.verbose,
     )
-    status.set(tune_experiment=str(path), resources=resources)
-    status.write()
     log.info("%s Tune experiment %s for %d trial(s)", "restored" if restored else "new", path, len(keys))
-    signals.in_fit = True
-    try:
-        tuner.fit()
-    finally:
-        signals.in_fit = False
+    session.fit(tuner, path, resources)
     return path, restored
 
 
-def _run_search(
-    spec: Any,
-    *,
-    location: Location,
-    writer: Any,
-    status: Any,
-    runs: Mapping[str, Any],
-    run_spec: Callable[[Any], Any],
-    token: str,
-    prune_checkpoints: bool,
-    ray_address: str | None,
-    num_cpus: float | None,
-    checkpoints_to_keep: int,
-    verbose: int,
-    signals: SignalState,
-    live: Live,
-) -> tuple[Location, bool]:
+def _run_search(spec: Any, session: _TuneSession) -> tuple[Location, bool]:
     """A search under Tune (`workers.driver.search`): its configurations' trials are registered
     as the callback meets them (proposed now, or restored from the last driver's experiment)."""
-    import ray
-
     from workers.driver.tuner import build_search_tuner
     from workers.spec import Trial
     from workers.spec.expand import cell_key_of
-    from workers.tracking import FINISHED, TAG_CONFIG_INDEX, TrackingCallback
-    from workers.trainable import CELL, INDEX, MEMBERS, make_group_trainable, resolve_resources
+    from workers.tracking import FINISHED, TAG_CONFIG_INDEX
+    from workers.trainable import CELL, INDEX, MEMBERS, make_group_trainable
 
-    live.started_ray = ensure_ray(ray_address, num_cpus)
-    signals.install()
-    tune_env()
+    resources = session.start(spec)
     # every step of Tune's loop saves the experiment, the searcher with it: a proposal is on
     # storage before its trial starts (see workers.driver.search)
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "0"
-    resources, notes = resolve_resources(_requested_resources(spec), ray.cluster_resources())
-    for note in notes:
-        log.warning(note)
-        status.note(note)
-    callback: TrackingCallback
+    status, runs = session.status, session.runs
 
     def discover(config: Mapping[str, Any]) -> None:
         index, cell = int(config[INDEX]), dict(config[CELL])
@@ -509,39 +491,24 @@ def _run_search(
             if run is not None and run.status == FINISHED:
                 status.skip(t.trial_key, _SKIP_REASON, run.run_id)
                 continue
-            callback.run_specs[t.trial_key] = _with_tags(run_spec(t), {TAG_CONFIG_INDEX: str(index)})
+            callback.run_specs[t.trial_key] = _with_tags(session.run_spec(t), {TAG_CONFIG_INDEX: str(index)})
             if run is not None and run.last_step is not None:
                 callback.last_steps[t.trial_key] = run.last_step
         status.write()
 
-    callback = TrackingCallback(
-        writer=writer,
-        status=status,
-        run_specs={},
-        last_steps={},
-        token=token,
-        prune_checkpoints=prune_checkpoints,
-        discover=discover,
-    )
-    live.callback = callback
+    callback = session.callback({}, {}, discover=discover)
     tuner, path, restored = build_search_tuner(
         spec,
         make_group_trainable(resources),
-        tune_root=location.child(TUNE_DIR),
+        tune_root=session.location.child(TUNE_DIR),
         callbacks=[callback],
-        checkpoints_to_keep=checkpoints_to_keep,
-        verbose=verbose,
+        checkpoints_to_keep=session.checkpoints_to_keep,
+        verbose=session.verbose,
     )
-    status.set(tune_experiment=str(path), resources=resources)
-    status.write()
     log.info(
         "%s search %s: at most %d configuration(s)", "restored" if restored else "new", path, spec.num_configs
     )
-    signals.in_fit = True
-    try:
-        tuner.fit()
-    finally:
-        signals.in_fit = False
+    session.fit(tuner, path, resources)
     return path, restored
 
 
