@@ -90,7 +90,12 @@ def test_idempotency_key(api: Api) -> None:
         *[
             (
                 json.dumps(
-                    _spec(grid=None, paper=None, params={**TINY_DATA["params"], "model": "signum-dense"}, **search)
+                    _spec(
+                        grid=None,
+                        paper=None,
+                        params={**TINY_DATA["params"], "model": "signum-dense"},
+                        **search,
+                    )
                 ),
                 "application/json",
                 field,
