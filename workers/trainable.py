@@ -118,7 +118,6 @@ def dab_trainable(
         trial_configs: trial_key -> the fully resolved `dab_core` trial config.
         run_keys: the keys to train; any other trial returns at once without reporting.
     """
-    from ray import tune
 
     from dab_core import run_trial
     from dab_core.experiments import parse_config
@@ -132,24 +131,33 @@ def dab_trainable(
     parsed = parse_config(trial_config)  # a bad config fails here, before any compute, naming the field
     where = placement(str(getattr(parsed, "device", "auto")))  # "auto" without CUDA: the CPU
 
+    _train_under_tune(where, lambda report, directory: run_trial(trial_config, report, directory))
+
+
+def _train_under_tune(where: Mapping[str, str], train: Callable[[Any, str | None], Any]) -> None:
+    """Call ``train(report, checkpoint_dir)`` from Tune's checkpoint (None: from the start), with
+    a ``report(metrics, checkpoint_dir)`` that reports to Tune with the placement and keeps the
+    report history in every checkpoint."""
+    from ray import tune
+
     history: list[dict[str, float]] = []
 
-    def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
-        metrics = {k: float(v) for k, v in metrics.items()}
-        history.append({**metrics, HISTORY_TIME_KEY: float(int(time.time() * 1000))})
+    def report(metrics: Mapping[str, float], checkpoint_dir: str | None) -> None:
+        values = {k: float(v) for k, v in metrics.items()}
+        history.append({**values, HISTORY_TIME_KEY: float(int(time.time() * 1000))})
         if checkpoint_dir is None:
-            tune.report({**metrics, **where})
+            tune.report({**values, **where})
             return
         _write_history(checkpoint_dir, history)
-        tune.report({**metrics, **where}, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+        tune.report({**values, **where}, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        run_trial(trial_config, report=report)
+        train(report, None)
         return
     with checkpoint.as_directory() as directory:
         history.extend(read_history(directory))
-        run_trial(trial_config, report=report, checkpoint_dir=directory)
+        train(report, directory)
 
 
 #: Prefix of a member's own values in a configuration's report: ``m/<i>/<metric>``.
@@ -191,7 +199,6 @@ def dab_group_trainable(config: Mapping[str, Any]) -> None:
         config: the Tune trial config `workers.driver.search.DabSearch` proposed: the
             configuration's key, index, cell and members (each seed's resolved config).
     """
-    from ray import tune
 
     from dab_core.experiments import parse_config
     from dab_core.training import fit_group
@@ -199,24 +206,12 @@ def dab_group_trainable(config: Mapping[str, Any]) -> None:
     configs = [dict(m["config"]) for m in config["dab_members"]]
     parsed = [parse_config(c) for c in configs]  # a bad config fails here, before any compute
     where = placement(str(getattr(parsed[0], "device", "auto")))
-    history: list[dict[str, float]] = []
-
-    def report(per_member: list[dict[str, float]], checkpoint_dir: str | None) -> None:
-        metrics = group_report(per_member)
-        history.append({**metrics, HISTORY_TIME_KEY: float(int(time.time() * 1000))})
-        if checkpoint_dir is None:
-            tune.report({**metrics, **where})
-            return
-        _write_history(checkpoint_dir, history)
-        tune.report({**metrics, **where}, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
-
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        fit_group(configs, report=report)
-        return
-    with checkpoint.as_directory() as directory:
-        history.extend(read_history(directory))
-        fit_group(configs, report=report, checkpoint_dir=directory)
+    _train_under_tune(
+        where,
+        lambda report, directory: fit_group(
+            configs, lambda per_member, c: report(group_report(per_member), c), directory
+        ),
+    )
 
 
 def make_group_trainable(resources: Mapping[str, float]) -> Callable[..., Any]:
