@@ -98,13 +98,15 @@ def test_a_suite_queues_shares_survives_a_sigkill_and_reports(service: Service, 
     [cell] = res["cells"]
     assert cell["metrics"]["test_all_or_none"]["n"] == 2 and cell["adopted"] == {"0": ida}
 
-    # the suite's runs by one tag; experiments named for people; the report stored and logged
+    # the suite's runs by one tag; experiments named for people; the report stored and logged.
+    # The suite's own run is made when its report is stored, after the suite reads "finished".
+    report = _poll(service.url, f"/v1/suites/{sid}/report", lambda rep: rep["artifact_path"] is not None, 60)
+    exps = [e.experiment_id for e in client.search_experiments()]
     tagged = client.search_runs(exps, f"tags.`dab.suite_id` = '{sid}'", max_results=1000)
     roles = sorted(run.data.tags.get("dab.role") for run in tagged)
     assert roles == ["suite"] + ["sweep"] * 3 + ["trial"] * 4
     exp = client.get_experiment(detail["mlflow_experiment_id"])
     assert exp.name == f"dab/a ({ida})" and exp.tags["mlflow.experimentKind"] == "custom_model_development"
-    report = _poll(service.url, f"/v1/suites/{sid}/report", lambda rep: rep["artifact_path"] is not None, 60)
     assert report["state"] == "finished" and "trio" in report["markdown"]
     assert {s["id"] for s in report["data"]["sections"]} >= {"table1"}
     suite_run = http.get(f"/v1/suites/{sid}").json()["mlflow_run_id"]
