@@ -451,14 +451,68 @@ class _DABFunction(torch.autograd.Function):
         return grad_x, None, None, None
 
 
+# -- traceable forms: under torch.compile and torch.func.vmap ---------------------------------
+#
+# `_DABFunction.backward` calls `torch.autograd.grad`, which TorchDynamo cannot trace (a graph
+# break on every bridge call) and which an old-style autograd.Function cannot run under `vmap`
+# (stacked seeds). The traceable forms below build the same gradients from plain autograd:
+#
+#   out = f(x).detach() + (g_frozen(x) - g_frozen(x).detach())
+#
+# where ``g_frozen`` is the approximator with its parameters detached. The forward value is
+# ``f(x) + 0``: equal to ``f(x)`` for a finite approximator output (a ``-0.0`` of ``f`` reads
+# ``+0.0``, the only bit that can differ); the backward gives ``x`` exactly ``J_g(x)^T
+# grad_out`` and ``phi`` nothing, as `_DABFunction` does. The cost is one more forward of the
+# approximator (the DAB loss's ``g(x_src)`` and the frozen ``g(x)`` are two calls where the
+# eager form shares one); bench/dab_overhead.py measures compiled against eager whole steps.
+
+_TRACEABLE = False
+
+
+class traceable_bridges:
+    """Within this block every bridge uses the traceable forms (`torch.func.vmap` of a stacked
+    model needs them; under ``torch.compile`` they are chosen on their own)."""
+
+    def __enter__(self) -> None:
+        global _TRACEABLE
+        self._before = _TRACEABLE
+        _TRACEABLE = True
+
+    def __exit__(self, *exc: object) -> None:
+        global _TRACEABLE
+        _TRACEABLE = self._before
+
+
+def _tracing() -> bool:
+    return _TRACEABLE or torch.compiler.is_compiling()
+
+
+def _frozen_call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` with its parameters and buffers detached: gradients reach ``x`` only."""
+    state = {name: t.detach() for name, t in (*module.named_parameters(), *module.named_buffers())}
+    return torch.func.functional_call(module, state, (x,))  # type: ignore[no-any-return]
+
+
+def _dab_traceable(x: torch.Tensor, ctx: EstimatorContext) -> tuple[torch.Tensor, torch.Tensor]:
+    assert ctx.approximator is not None, "estimator 'dab' needs an approximator"
+    with torch.no_grad():
+        hard = ctx.hard(x)
+    g_x = _frozen_call(ctx.approximator, x)
+    soft = ctx.approximator(x if ctx.dab_loss_to_input else x.detach())
+    return hard + (g_x - g_x.detach()), soft
+
+
 @estimators.register("dab", uses_approximator=True)
 def dab(x: torch.Tensor, ctx: EstimatorContext) -> tuple[torch.Tensor, torch.Tensor]:
     """DAB (the paper): forward ``f(x)``, backward ``J_g(x)^T grad_out`` through the learned
     approximator ``g``; returns ``(f(x), g(x))`` and the bridge adds the DAB loss.
 
     A detached leaf stands in for ``x`` unless the DAB loss should reach ``x``: the task
-    gradient for ``x`` is then a VJP through ``g`` w.r.t. this leaf only.
+    gradient for ``x`` is then a VJP through ``g`` w.r.t. this leaf only. Under
+    ``torch.compile`` or `traceable_bridges`, the traceable form above gives the same result.
     """
+    if _tracing():
+        return _dab_traceable(x, ctx)
     assert ctx.approximator is not None, "estimator 'dab' needs an approximator"
     x_src = x if ctx.dab_loss_to_input else x.detach().requires_grad_(True)
     soft = ctx.approximator(x_src)
@@ -489,6 +543,10 @@ class _STEFunction(torch.autograd.Function):
 def ste(x: torch.Tensor, ctx: EstimatorContext) -> torch.Tensor:
     """Straight-through (Bengio et al. 2013, "Estimating or propagating gradients through
     stochastic neurons"): forward ``f(x)``, backward ``grad_out`` as it is."""
+    if _tracing():  # the same value and gradient in plain autograd (see `traceable_bridges`)
+        with torch.no_grad():
+            hard = ctx.hard(x)
+        return hard + (x - x.detach())
     return _STEFunction.apply(x, ctx.hard)  # type: ignore[no-any-return]
 
 
@@ -763,5 +821,6 @@ __all__ = [
     "int_between",
     "one_of",
     "positive_float",
+    "traceable_bridges",
     "with_estimated_gradient",
 ]
