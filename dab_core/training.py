@@ -41,6 +41,10 @@ class Task(abc.ABC):
     sync on every step, so the loop averages them on the device and converts at report time.
     """
 
+    #: The training step is compiled: the first `train_step` of a process includes compiling,
+    #: so the loop reports its time once as ``compile_s`` and leaves it out of ``samples_per_s``.
+    compiled: bool = False
+
     def __init__(self, config: TrialConfig, device: torch.device) -> None:
         self.config = config
         self.device = device
@@ -169,6 +173,7 @@ class _Stepper:
     def __init__(self, task: Task, start: int) -> None:
         self.task = task
         self.step = start
+        self.first = True  # this process has not run a step of the task yet
 
     @property
     def done(self) -> bool:
@@ -181,19 +186,28 @@ class _Stepper:
         cfg, task = self.task.config, self.task
         sums: dict[str, torch.Tensor] = {}
         count = 0
+        compile_s: float | None = None
         began = time.perf_counter()
         while True:
             for key, value in task.train_step(self.step).items():
                 sums[key] = sums[key] + value if key in sums else value.clone()
             count += 1
             self.step += 1
+            if self.first and task.compiled:  # the compiling step: timed apart, reported once
+                float(next(iter(sums.values()), torch.zeros(())))  # wait for the step itself
+                compile_s = time.perf_counter() - began
+                began = time.perf_counter()
+            self.first = False
             if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                 break
         train = {key: float(total) / count for key, total in sums.items()}
         seconds = time.perf_counter() - began
         metrics = {"step": float(self.step), **train, **task.evaluate()}
-        if task.samples_per_step():
-            metrics["samples_per_s"] = count * task.samples_per_step() / max(seconds, 1e-9)
+        timed = count - (compile_s is not None)
+        if compile_s is not None:
+            metrics["compile_s"] = compile_s
+        if task.samples_per_step() and timed:
+            metrics["samples_per_s"] = timed * task.samples_per_step() / max(seconds, 1e-9)
         return metrics
 
     def checkpoint_due(self) -> bool:

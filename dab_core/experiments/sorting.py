@@ -60,6 +60,15 @@ from dab_core.plots import bar_png
 from dab_core.training import Stateful, Task
 
 SortingModel = Literal["elu-dense", "signum-dense", "signum-rnn"]
+CompileMode = Literal["auto", "off", "default", "reduce-overhead"]
+#: Estimators with a form TorchDynamo traces whole (`dab_core.estimators.traceable_bridges`);
+#: the others (perturbed, blackbox, gumbel) call closures inside autograd Functions.
+COMPILABLE_ESTIMATORS = ("dab", "ste", "elu", "tanh", "identity")
+#: ``compile: auto`` compiles trials of at least this many steps. Compiling the Signum-Dense
+#: step takes about 20 s on these 2 cores (once per trial process) and saves about 8 ms a step
+#: (docs/sorting.md, "Compiled steps"): it pays for itself after about 2,500 steps, so auto
+#: compiles where the trial is twice that long, and the tests' short trials stay eager.
+COMPILE_MIN_STEPS = 5_000
 
 
 class SortingConfig(BridgeFields):
@@ -95,6 +104,12 @@ class SortingConfig(BridgeFields):
     dense_hidden: LayerSizes = Field((128, 128, 256), min_length=1)
     approximator_hidden: LayerSizes = Field((128, 128))
     rnn_hidden: int = Field(256, ge=1, le=MAX_WIDTH)  # see MAX_WIDTH (the paper's: 256)
+    compile: CompileMode = Field(
+        "auto",
+        description="torch.compile the training step: off, default, reduce-overhead (CUDA graphs), "
+        f"or auto (default mode on the CPU for dense models with a signum bridge and at least "
+        f"{COMPILE_MIN_STEPS:,} steps, where it was measured faster; eager otherwise)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> SortingConfig:
@@ -125,7 +140,39 @@ class SortingConfig(BridgeFields):
             where = f"hard {hard!r} at the bridge of {self.model} (feature shape ({width},))"
             bridge_out_shape(hard, (width,), where)
         check_estimator(self.resolved_estimator, self.estimator_params, hard, (width,))
+        if self.compile not in ("auto", "off"):
+            if self.model == "signum-rnn":
+                raise ConfigError(
+                    "compile applies to the dense models (elu-dense, signum-dense); signum-rnn's "
+                    "LSTM is not compiled here, use compile: off or auto",
+                    "compile",
+                    "model",
+                )
+            if self.resolved_estimator not in COMPILABLE_ESTIMATORS:
+                raise ConfigError(
+                    f"compile needs an estimator TorchDynamo traces whole ({', '.join(COMPILABLE_ESTIMATORS)}); "
+                    f"{self.resolved_estimator!r} is not one: use compile: off or auto",
+                    "compile",
+                    "estimator",
+                )
         return self
+
+    def compile_mode(self, device: torch.device) -> str:
+        """The ``torch.compile`` mode this trial's training step runs in, or ``"off"``.
+
+        ``auto`` compiles (mode ``default``) only what was measured faster: the dense models
+        with a signum bridge, on the CPU, for at least `COMPILE_MIN_STEPS` steps. On CUDA auto
+        stays eager until bench/gpu_check.sh has measured it; ask for ``reduce-overhead``.
+        """
+        if self.compile != "auto":
+            return self.compile
+        measured = (
+            self.model != "signum-rnn"
+            and self.hard == "signum"
+            and self.resolved_estimator in COMPILABLE_ESTIMATORS
+            and device.type == "cpu"
+        )
+        return "default" if measured and self.steps >= COMPILE_MIN_STEPS else "off"
 
     @property
     def resolved_estimator(self) -> str:
@@ -235,6 +282,12 @@ class SortingTask(Task):
         self.model.to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.grad_clip = cfg.resolved_grad_clip
+        # The forward and its loss are compiled, so AOTAutograd compiles the backward with
+        # them; the optimiser step and evaluation stay eager (evaluation runs on other shapes).
+        # fullgraph=True: a graph break is an error at the first step, never a silent slowdown.
+        mode = cfg.compile_mode(device)
+        self.compiled = mode != "off"
+        self._loss = self.loss if not self.compiled else torch.compile(self.loss, mode=mode, fullgraph=True)
         self.gen = torch.Generator(device=device)
         self.train_x: torch.Tensor | None = None
         if cfg.train_size:
@@ -291,7 +344,7 @@ class SortingTask(Task):
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr_at(step)
         x, y = self.batch(step)
-        loss, ce, dab = self.loss(x, y)
+        loss, ce, dab = self._loss(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip is not None:
