@@ -64,6 +64,7 @@ from torch.func import functional_call, vmap
 
 from dab_core.config import TrialConfig
 from dab_core.estimators import estimators, traceable_bridges
+from dab_core.experiments.sorting import SortingConfig, SortingTask
 from dab_core.hard import hard_functions
 from dab_core.training import (
     ARTIFACTS_DIR,
@@ -101,7 +102,8 @@ def check_stackable(configs: Sequence[TrialConfig]) -> None:
                 f"fit_stacked supports the sorting family's dense models only, not experiment "
                 f"{cfg.experiment!r} (use fit_group)"
             )
-        model = getattr(cfg, "model", None)
+        assert isinstance(cfg, SortingConfig)
+        model = cfg.model
         if model not in STACKABLE_MODELS:
             raise ValueError(
                 f"fit_stacked cannot stack model {model!r}: "
@@ -113,23 +115,23 @@ def check_stackable(configs: Sequence[TrialConfig]) -> None:
                 )
                 + f"; stackable: {', '.join(STACKABLE_MODELS)} (use fit_group)"
             )
-        est = cfg.resolved_estimator  # type: ignore[attr-defined]
+        est = cfg.resolved_estimator
         if est not in TRACEABLE_ESTIMATORS:
             raise ValueError(
                 f"fit_stacked cannot stack estimator {est!r}: it has no traceable form that runs "
                 f"under torch.func.vmap; stackable: {', '.join(TRACEABLE_ESTIMATORS)} (use fit_group)"
             )
         if estimators.get(est).exact_forward:  # the hard function runs in the stacked step
-            hard = hard_functions.lookup(cfg.hard)  # type: ignore[attr-defined]
+            hard = hard_functions.lookup(cfg.hard)
             if hard.stochastic:
                 raise ValueError(
-                    f"fit_stacked cannot stack hard function {cfg.hard!r}: it draws from the global "  # type: ignore[attr-defined]
+                    f"fit_stacked cannot stack hard function {cfg.hard!r}: it draws from the global "
                     "RNG inside the step, and one stacked call cannot give each member its own "
                     "RNG (use fit_group)"
                 )
-            if cfg.hard not in VMAP_HARD_FUNCTIONS:  # type: ignore[attr-defined]
+            if cfg.hard not in VMAP_HARD_FUNCTIONS:
                 raise ValueError(
-                    f"fit_stacked cannot stack hard function {cfg.hard!r}: not checked under "  # type: ignore[attr-defined]
+                    f"fit_stacked cannot stack hard function {cfg.hard!r}: not checked under "
                     f"torch.func.vmap; stackable: {', '.join(VMAP_HARD_FUNCTIONS)} (use fit_group)"
                 )
     first = configs[0].model_dump(exclude={"seed"})
@@ -147,7 +149,7 @@ class _MemberLoss(nn.Module):
     """``task.loss(x, y)`` as a module whose only submodule is ``task.model``: under
     ``functional_call`` its tensors are swapped for one member's slices of the stacked ones."""
 
-    def __init__(self, task: Any) -> None:
+    def __init__(self, task: SortingTask) -> None:
         super().__init__()
         self.model = task.model
         self._loss = task.loss  # a bound method, not a submodule
@@ -173,12 +175,12 @@ class StackedTasks:
     members' own models and optimisers (before their evaluation or checkpoint).
     """
 
-    def __init__(self, tasks: Sequence[Task]) -> None:
+    def __init__(self, tasks: Sequence[SortingTask]) -> None:
         if not tasks:
             raise ValueError("StackedTasks needs at least one task")
         self.tasks = list(tasks)
         self.size = len(self.tasks)
-        self.config = self.tasks[0].config
+        self.config: SortingConfig = self.tasks[0].config
         self._members = [_MemberLoss(t) for t in self.tasks]
         self._template = self._members[0]
         with torch.no_grad():
@@ -193,7 +195,7 @@ class StackedTasks:
                 for name, _ in self._template.named_buffers()
             }
         self.optimizer = self._stacked_optimizer()
-        self.grad_clip: float | None = getattr(self.tasks[0], "grad_clip", None)
+        self.grad_clip = self.tasks[0].grad_clip
         self._loss = vmap(self._member_loss, randomness="error")
 
     # -- the optimiser -------------------------------------------------------------------
@@ -203,7 +205,7 @@ class StackedTasks:
         return [params[name] for name in self.params]
 
     def _stacked_optimizer(self) -> torch.optim.Optimizer:
-        opts = [t.optimizer for t in self.tasks]  # type: ignore[attr-defined]
+        opts = [t.optimizer for t in self.tasks]
         for opt in opts:
             if not isinstance(opt, torch.optim.Adam) or len(opt.param_groups) != 1:
                 raise ValueError(
@@ -221,7 +223,7 @@ class StackedTasks:
         # The members' Adam states (empty on a fresh start), stacked: moments along dim 0, the
         # step (a scalar, equal across members that are at one step) taken once.
         for j, (name, leaf) in enumerate(self.params.items()):
-            states = [opt.state.get(self._member_params(i)[j]) for i, opt in enumerate(opts)]
+            states = [opt.state.get(self._member_params(i)[j]) or {} for i, opt in enumerate(opts)]
             if all(not s for s in states):
                 continue
             if any(not s for s in states):
@@ -263,11 +265,11 @@ class StackedTasks:
     def train_step(self, step: int) -> dict[str, torch.Tensor]:
         """One optimiser step of every member; `step` counts from 0. Returns ``(R,)`` tensors."""
         lead = self.tasks[0]
-        if self.config.lr_schedule != "constant":  # type: ignore[attr-defined]
+        if self.config.lr_schedule != "constant":
             for group in self.optimizer.param_groups:
-                group["lr"] = lead.lr_at(step)  # type: ignore[attr-defined]
+                group["lr"] = lead.lr_at(step)
         self._template.train()
-        xs, ys = zip(*(t.batch(step) for t in self.tasks), strict=True)  # type: ignore[attr-defined]
+        xs, ys = zip(*(t.batch(step) for t in self.tasks), strict=True)
         with traceable_bridges():
             out = self._loss(self.params, self.buffers, torch.stack(xs), torch.stack(ys))
         self._drop_side_outputs()
@@ -294,7 +296,7 @@ class StackedTasks:
         for i, (member, task) in enumerate(zip(self._members, self.tasks, strict=True)):
             params = dict(member.named_parameters())
             buffers = dict(member.named_buffers())
-            opt: torch.optim.Optimizer = task.optimizer  # type: ignore[attr-defined]
+            opt: torch.optim.Optimizer = task.optimizer
             for name, leaf in self.params.items():
                 params[name].copy_(leaf[i])
                 state = self.optimizer.state.get(leaf)
@@ -348,11 +350,12 @@ def fit_stacked(
     check_stackable(parsed)
     if report is not None:
         remove_orphan_checkpoint_dirs()
-    tasks: list[Task] = []
+    tasks: list[SortingTask] = []
     starts: list[int] = []
     rngs: list[dict[str, Any]] = []
     for i, cfg in enumerate(parsed):
         task = build_task(cfg)  # seeds the global RNG with the member's seed, then builds
+        assert isinstance(task, SortingTask)  # check_stackable let sorting configs only through
         own = member_dir(checkpoint_dir, i) if checkpoint_dir else None
         starts.append(load_checkpoint(own, task) if own is not None and has_checkpoint(own) else 0)
         tasks.append(task)
