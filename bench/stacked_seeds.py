@@ -3,8 +3,8 @@
 Compares, on Signum-Dense (the authors' demo: T -> 128 -> 128 -> 256 -> DAB bridge -> T*T,
 approximator 256 -> 128 -> 128 -> 256), estimator ``dab``, at R = 1, 5, 10 seeds:
 
-* separate: R `SortingTask`s stepped one after the other (`fit` / `fit_group` stepping:
-  ``task.train_step(step)`` of each member in turn);
+* separate: R `SortingTask`s stepped one after the other as `fit_group` steps them (each
+  member's ``task.train_step(step)`` through the timed steps, then the next member's);
 * stacked: the same R members as one `dab_core.stacked.StackedTasks` (``vmap`` over
   ``functional_call`` of the stacked parameters, one Adam), as `fit_stacked` steps them.
 
@@ -68,11 +68,12 @@ class Case:
 
     def run(self, way: str, steps: int) -> None:
         start = self.step[way]
-        for s in range(start, start + steps):
-            if way == "stacked":
+        if way == "stacked":
+            for s in range(start, start + steps):
                 self.stacked.train_step(s)
-            else:
-                for task in self.separate:
+        else:  # fit_group's order: each member through the steps, then the next member
+            for task in self.separate:
+                for s in range(start, start + steps):
                     task.train_step(s)
         self.step[way] = start + steps
 
