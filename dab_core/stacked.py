@@ -26,7 +26,8 @@ At report points each member's slices are copied back into its task's model and 
 so ``task.evaluate()``, `save_checkpoint` and the artifacts run unchanged: a group checkpointed
 by `fit_stacked` resumes with `fit_group` and vice versa. Results equal R separate runs within
 float tolerance, not bit for bit: the batched kernels sum in another order than the lone ones
-(tests/dab_core/test_stacked.py states the tolerance).
+(tests/dab_core/test_stacked.py states the tolerance). What it saves is per-step overhead
+(kernel launches, Python), not arithmetic: bench/stacked_seeds.py measures where it pays.
 
 What is stacked, and what is refused (a ValueError before any training, naming why): the
 sorting family's dense models only (``signum-dense``, ``elu-dense``). ``signum-rnn`` is refused
