@@ -128,6 +128,8 @@ def test_a_suite_queues_shares_survives_a_sigkill_and_reports(service: Service, 
     assert cancel.returncode == 0, cancel.stderr
     ended = _poll(service.url, f"/v1/suites/{paper}", lambda s: s["state"] == "cancelled", 120)
     assert {m["state"] for m in ended["members"]} == {"cancelled"}
+    # a cancelled suite's report too is logged to its own run, which runs while it is written
+    _poll(service.url, f"/v1/suites/{paper}/report", lambda rep: rep["artifact_path"] is not None, 60)
     running = client.search_runs(
         exps + [e.experiment_id for e in client.search_experiments()], "attributes.status = 'RUNNING'"
     )
