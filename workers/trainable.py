@@ -191,34 +191,40 @@ def group_report(per_member: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def dab_group_trainable(config: Mapping[str, Any]) -> None:
-    """Run one configuration of a search under Tune: every seed of it, in lockstep
-    (`dab_core.training.fit_group`), reporting `group_report` of the seeds' metrics.
+def dab_group_trainable(config: Mapping[str, Any], *, stacked: bool = False) -> None:
+    """Run several seeds of one configuration as one Tune trial: a search's configuration, or a
+    grid cell's pending seeds with ``execution.seeds: stacked``. In lockstep
+    (`dab_core.training.fit_group`), or as one vmapped model (`dab_core.stacked.fit_stacked`,
+    with `stacked`); both report `group_report` of the seeds' metrics and write the same
+    checkpoints, so either resumes the other's.
 
     Args:
-        config: the Tune trial config `workers.driver.search.DabSearch` proposed: the
-            configuration's key, index, cell and members (each seed's resolved config).
+        config: the Tune trial config: its members (each seed's trial key, replicate, seed and
+            resolved config), and for a search the configuration's key, index and cell.
     """
 
     from dab_core.experiments import parse_config
+    from dab_core.stacked import fit_stacked
     from dab_core.training import fit_group
 
-    configs = [dict(m["config"]) for m in config["dab_members"]]
+    configs = [dict(m["config"]) for m in config[MEMBERS]]
     parsed = [parse_config(c) for c in configs]  # a bad config fails here, before any compute
     where = placement(str(getattr(parsed[0], "device", "auto")))
+    fit = fit_stacked if stacked else fit_group
     _train_under_tune(
         where,
-        lambda report, directory: fit_group(
+        lambda report, directory: fit(
             configs, lambda per_member, c: report(group_report(per_member), c), directory
         ),
     )
 
 
-def make_group_trainable(resources: Mapping[str, float]) -> Callable[..., Any]:
+def make_group_trainable(resources: Mapping[str, float], stacked: bool = False) -> Callable[..., Any]:
     """`dab_group_trainable` as a Tune trainable with `resources`, restoring as `make_trainable`'s."""
     from ray import tune
 
-    return tune.with_resources(_restoring(dab_group_trainable, "dab_group_trainable"), dict(resources))
+    bound = tune.with_parameters(dab_group_trainable, stacked=stacked)
+    return tune.with_resources(_restoring(bound, "dab_group_trainable"), dict(resources))
 
 
 def resolve_resources(

@@ -297,7 +297,11 @@ def _forward_backward(bridge: DAB, x: torch.Tensor, traceable: bool) -> list[tor
     loss = (y.flatten(1) * weights).sum() + (bridge.dab_loss if bridge.dab_loss is not None else 0)
     loss.backward()
     assert x.grad is not None
-    return [y.detach(), x.grad, *(p.grad if p.grad is not None else torch.zeros(()) for p in bridge.parameters())]
+    return [
+        y.detach(),
+        x.grad,
+        *(p.grad if p.grad is not None else torch.zeros(()) for p in bridge.parameters()),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,8 @@ TAG_ADOPTED = "dab.adopted"
 TAG_ADOPTED_COUNT = "dab.adopted_count"
 TAG_ADOPTED_BY = "dab.adopted_by"
 TAG_WAITING_COUNT = "dab.waiting_count"
+#: On a trial run trained in a stacked group (``execution.seeds: stacked``): "stacked".
+TAG_EXECUTION = "dab.execution"
 
 
 @dataclass
@@ -425,24 +427,56 @@ class _TuneSession:
             self.signals.in_fit = False
 
 
+def stacked_groups(pending: Sequence[Any]) -> dict[str, list[dict[str, Any]]]:
+    """A grid's pending trials as group trials of ``execution.seeds: stacked``: one per cell,
+    holding the cell's seeds still to run (a finished or adopted seed is not trained again),
+    keyed by a digest of their trial keys (the same pending seeds, the same key: a restarted
+    driver restores the group's Tune trial)."""
+    import hashlib
+
+    from workers.trainable import trial_dirname_suffix
+
+    cells: dict[str, list[Any]] = {}
+    for t in pending:
+        cells.setdefault(t.cell_key, []).append(t)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for trials in cells.values():
+        digest = hashlib.sha256("\n".join(t.trial_key for t in trials).encode()).hexdigest()
+        members = [
+            {"trial_key": t.trial_key, "replicate": t.replicate, "seed": t.seed, "config": dict(t.config)}
+            for t in trials
+        ]
+        groups[trial_dirname_suffix(digest)] = members
+    return groups
+
+
 def _run_tune(spec: Any, pending: Sequence[Any], session: _TuneSession) -> tuple[Location, bool]:
-    """A grid's pending trials under Tune, one Tune trial each."""
+    """A grid's pending trials under Tune: one Tune trial each, or with ``execution.seeds:
+    stacked`` one a cell (`stacked_groups`), whose seeds the tracking logs one run each."""
     from dab_core.experiments import parse_config
-    from workers.trainable import make_trainable
+    from workers.trainable import make_group_trainable, make_trainable
 
     for trial in pending:  # a bad config fails the sweep before any compute
         parse_config(trial.config)
     resources = session.start(spec)
     runs = session.runs
+    stacked = spec.execution.seeds == "stacked"
+    execution = {TAG_EXECUTION: "stacked"} if stacked else {}
     callback = session.callback(
-        {t.trial_key: session.run_spec(t) for t in pending},
+        {t.trial_key: _with_tags(session.run_spec(t), execution) for t in pending},
         {t.trial_key: runs[t.trial_key].last_step for t in pending if t.trial_key in runs},
     )
-    keys = [t.trial_key for t in pending]
-    trainable = make_trainable({t.trial_key: t.config for t in pending}, resources, run_keys=keys)
+    groups = stacked_groups(pending) if stacked else None
+    if groups is not None:
+        keys = list(groups)
+        trainable = make_group_trainable(resources, stacked=True)
+    else:
+        keys = [t.trial_key for t in pending]
+        trainable = make_trainable({t.trial_key: t.config for t in pending}, resources, run_keys=keys)
     tuner, path, restored = build_tuner(
         trainable,
         keys,
+        members=groups,
         tune_root=session.location.child(TUNE_DIR),
         callbacks=[callback],
         max_failures=spec.limits.max_failures,
@@ -499,7 +533,7 @@ def _run_search(spec: Any, session: _TuneSession) -> tuple[Location, bool]:
     callback = session.callback({}, {}, discover=discover)
     tuner, path, restored = build_search_tuner(
         spec,
-        make_group_trainable(resources),
+        make_group_trainable(resources, stacked=spec.execution.seeds == "stacked"),
         tune_root=session.location.child(TUNE_DIR),
         callbacks=[callback],
         checkpoints_to_keep=session.checkpoints_to_keep,

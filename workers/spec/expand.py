@@ -60,9 +60,19 @@ def value_key(value: Any) -> str:
     return canonical_json(normal_value(value))
 
 
+#: Config fields that choose how a trial computes, not what: its results do not depend on them
+#: beyond float rounding (the sorting family's ``compile``: compiled steps equal eager ones
+#: within float tolerance, tests/dab_core/experiments/test_sorting_compile.py). They are left out
+#: of the trial key, so a trial run compiled is the same trial as one run eager (a resubmission
+#: skips it), and adding such a field does not change the keys of sweeps already run.
+EXECUTION_FIELDS = frozenset({"compile"})
+
+
 def trial_key_of(config: Mapping[str, Any]) -> str:
-    """The content key of a resolved trial config: sha256 of its canonical JSON, shortened."""
-    return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()[:TRIAL_KEY_LENGTH]
+    """The content key of a resolved trial config: sha256 of its canonical JSON, shortened,
+    without the `EXECUTION_FIELDS`."""
+    what = {k: v for k, v in config.items() if k not in EXECUTION_FIELDS}
+    return hashlib.sha256(canonical_json(what).encode("utf-8")).hexdigest()[:TRIAL_KEY_LENGTH]
 
 
 _BARE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-/]*$")
@@ -281,6 +291,7 @@ class _Expander:
                     )
                 seen[key] = (ck, seed)
                 row.append(Trial(0, dict(cell.values), ck, r, seed, config, key))
+            self.check_stacked(row[0].config, ck)  # a cell's seeds differ in seed alone
             by_cell.append(row)
         self.check_excludes()
         self.check_paper([row[0].config for row in by_cell])
@@ -331,7 +342,23 @@ class _Expander:
                 ck = cell_key_of(values)
                 raw, prov = self.raw_config(cell, ck)
                 raw["seed"] = self.spec.seeds[0]
-                self.validate(raw, cell, ck, prov)
+                self.check_stacked(self.validate(raw, cell, ck, prov), ck)
+
+    def check_stacked(self, config: Mapping[str, Any], cell_key: str) -> None:
+        """With ``execution.seeds: stacked``, the cell's config must be one `dab_core.stacked`
+        can stack (its model, estimator and hard function), refused at ``execution.seeds``."""
+        if self.spec.execution.seeds != "stacked":
+            return
+        from dab_core.experiments import parse_config
+        from dab_core.stacked import check_stackable
+
+        try:
+            check_stackable([parse_config(config)])
+        except ValueError as e:
+            why = str(e).replace("fit_stacked", "stacked seeds").replace(" (use fit_group)", "")
+            raise self.error(
+                f"{why}; use execution.seeds: separate", ("execution", "seeds"), cell_key
+            ) from None
 
     def check_excludes(self) -> None:
         for j, ex in enumerate(self.spec.exclude):

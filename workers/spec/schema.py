@@ -134,6 +134,17 @@ class Scheduler(_Strict):
         return self
 
 
+class Execution(_Strict):
+    """How a sweep's trials run; results do not depend on it beyond float rounding, so a trial's
+    identity (its key, what a resubmission skips) does not either."""
+
+    seeds: Literal["separate", "stacked"] = Field(
+        default="separate",
+        description="separate: one Tune trial per seed; stacked: a cell's seeds train in one "
+        "process as one vmapped model (dab_core.stacked; the sorting family's dense models)",
+    )
+
+
 class PaperValue(_Strict):
     """A number the paper reports for the cells that `match` selects.
 
@@ -184,6 +195,7 @@ class SweepSpec(_Strict):
     scheduler: Scheduler | None = Field(
         default=None, description="early stopping of a search's configurations"
     )
+    execution: Execution = Field(default_factory=lambda: Execution.model_validate({}))
 
     _source: str = PrivateAttr("<spec>")
     _lines: dict[FieldPath, int] = PrivateAttr(default_factory=dict)
