@@ -28,7 +28,7 @@ case "$DEVICE" in
         PACK_ARGS=(--steps 300 --per-device 1 2 4) ;;
   cpu)  OUT_MD=${DAB_GPU_CHECK_OUT:-$(mktemp -t gpu_check.XXXXXX.md)}
         STEP_ARGS=(--steps 3 --rounds 2 --warmup 1 --seq-len 4)
-        STACK_ARGS=(--seeds 1 2 --rounds 2 --steps 2 --warmup 1)
+        STACK_ARGS=(--seeds 1 2 --rounds 2 --steps 2 --warmup 1 --seq-len 4 --batches 64)
         PACK_ARGS=(--steps 3 --warmup 1 --batch 64 --seq-len 4 --per-device 1 2) ;;
   *)    echo "gpu_check: DAB_GPU_CHECK_DEVICE must be cuda or cpu, got '$DEVICE'" >&2; exit 2 ;;
 esac

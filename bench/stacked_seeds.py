@@ -19,6 +19,7 @@ median over rounds), and the ratio separate/stacked (> 1: stacking is faster) wi
 max over rounds.
 
     python bench/stacked_seeds.py [--device cpu|cuda] [--threads 2] [--rounds 5] [--steps 10]
+                                  [--seeds 1 5 10] [--seq-len 10] [--batches 1024 128]
 
 Measured on this project's 2-core CPU machine (2 threads, defaults, 25 s; ratio median [min,
 max] over 5 rounds): batch 1024 is compute-bound and stacking does not pay (R=1 0.78, R=5
@@ -43,10 +44,6 @@ from dab_core.experiments import parse_config
 from dab_core.stacked import StackedTasks
 from dab_core.training import Task, build_task
 
-SIZES = {
-    "T=10 batch 1024": {"seq_len": 10, "batch_size": 1024},
-    "T=10 batch 128": {"seq_len": 10, "batch_size": 128},
-}
 
 
 def tasks_of(size: dict[str, Any], seeds: int, device: str, threads: int) -> list[Task]:
@@ -101,12 +98,17 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=10, help="timed steps per way, case and round")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--seq-len", type=int, default=10)
+    p.add_argument("--batches", type=int, nargs="+", default=[1024, 128], help="the batch sizes to measure")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device")
     torch.set_num_threads(a.threads)
+    sizes = {f"T={a.seq_len} batch {b}": {"seq_len": a.seq_len, "batch_size": b} for b in a.batches}
     sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
 
-    cases = {(name, r): Case(size, r, a.device, a.threads) for name, size in SIZES.items() for r in a.seeds}
+    cases = {(name, r): Case(size, r, a.device, a.threads) for name, size in sizes.items() for r in a.seeds}
     for case in cases.values():
         for way in ("separate", "stacked"):
             case.run(way, a.warmup)
