@@ -2,8 +2,8 @@
 
 Tune's event loop only enqueues (`MlflowWriter`'s public methods never touch the client); the
 thread lingers a moment to collect work, then writes each run's params, tags and metrics in one
-`log_batch` (never one request per metric or per tag). Runs are addressed by explicit run ids through `MlflowClient`:
-never MLflow's global active run, which concurrent trials would share. The caller
+`log_batch` (never one request per metric or per tag). Runs are addressed by explicit run ids
+through `MlflowClient`: never MLflow's global active run, which concurrent trials would share. The caller
 (`workers.tracking.callback`) drops the steps a run already holds before they reach the writer;
 the writer makes sure a retried write whose first answer was lost does not land twice.
 """
@@ -312,7 +312,8 @@ class MlflowWriter:
             all_tags = {**spec.tags, **tags}
             info = self.client.create_run(self.experiment_id, tags=all_tags, run_name=spec.run_name).info
             run_id = info.run_id
-            if info.artifact_uri and "databricks" not in info.artifact_uri:
+            # MLflow rewrites a Databricks store's artifact URI before use: leave those to it.
+            if info.artifact_uri and not str(self.client.tracking_uri).startswith("databricks"):
                 self._artifact_uris[key] = info.artifact_uri
         with self._runs_lock:
             self._runs[key] = run_id
