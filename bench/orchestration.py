@@ -16,7 +16,11 @@ The MLflow store is SQLite (WAL) with its schema created before timing (creating
 alternate bare / ours / ours / bare (ABBA) so that a drift in the machine's load, which two
 other people share here, falls on both sides; the load average is printed with each.
 
-    python bench/orchestration.py [--trials 50] [--repeats 1] [--with-ray-mlflow]
+    python bench/orchestration.py [--trials 50 200 1000] [--repeats 1] [--with-ray-mlflow]
+
+One row of the table per trial count (each its own ABBA block): bare and ours wall time (mean
+and each run), the ratio, the driver process's CPU seconds on both sides, and the mean load
+average over the row's runs.
 
 ``--with-ray-mlflow`` also times Ray's own ``MLflowLoggerCallback`` on bare Tune (the anchor).
 """
@@ -120,14 +124,14 @@ def time_ours(spec: Any, trials: list[Any], sweep_dir: Path, uri: str) -> float:
     from mlflow import MlflowClient
 
     from workers.driver import run_sweep
-    from workers.tracking import experiment_name
+    from workers.tracking import find_experiment
 
     t0 = time.perf_counter()
     outcome = run_sweep(spec, trials, sweep_dir=sweep_dir, tracking_uri=uri, sweep_id=sweep_dir.name)
     seconds = time.perf_counter() - t0
     assert outcome.exit_code == 0 and len(outcome.finished) == len(trials), outcome
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment_name(sweep_dir.name))
+    exp = find_experiment(client, sweep_dir.name)
     assert exp is not None
     runs = client.search_runs([exp.experiment_id], "tags.`dab.role` = 'trial'", max_results=10_000)
     assert len(runs) == len(trials) and all(r.info.status == "FINISHED" for r in runs)
@@ -135,11 +139,89 @@ def time_ours(spec: Any, trials: list[Any], sweep_dir: Path, uri: str) -> float:
     return seconds
 
 
+def _measure(n: int, repeats: int, work: Path, uri: str, with_ray_mlflow: bool) -> dict[str, Any]:
+    """One row of the table: `n` trials, ABBA blocks of bare and ours (and Ray's callback)."""
+    wall: dict[str, list[float]] = {"bare": [], "ours": []}
+    cpu: dict[str, list[float]] = {"bare": [], "ours": []}
+    loads: list[float] = []
+    order = ["bare", "ours", "ours", "bare"] * repeats
+    for i, side in enumerate(order):
+        before, cpu0 = load(), driver_cpu()
+        loads.append(os.getloadavg()[0])
+        if side == "bare":
+            _, trials = make_spec(f"bare{n}-{i}", n)
+            seconds = time_bare(trials, work / f"bare{n}-{i}")
+        else:
+            spec, trials = make_spec(f"ours{n}-{i}", n)
+            seconds = time_ours(spec, trials, work / f"sweep{n}-{i}", uri)
+        wall[side].append(seconds)
+        cpu[side].append(driver_cpu() - cpu0)
+        loads.append(os.getloadavg()[0])
+        print(
+            f"  {side:4s} {n} trials: {seconds:6.1f} s wall, {cpu[side][-1]:5.1f} s driver CPU"
+            f"   ({before} -> {load()})",
+            flush=True,
+        )
+    row: dict[str, Any] = {"trials": n, "wall": wall, "cpu": cpu, "load": statistics.fmean(loads)}
+    if with_ray_mlflow:
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        _, trials = make_spec(f"raymlflow{n}", n)
+        before, cpu0 = load(), driver_cpu()
+        seconds = time_bare(
+            trials,
+            work / f"raymlflow{n}",
+            callbacks=[
+                MLflowLoggerCallback(tracking_uri=uri, experiment_name=f"ray-mlflow-{n}", save_artifact=False)
+            ],
+        )
+        row["ray_mlflow"] = (seconds, driver_cpu() - cpu0)
+        print(
+            f"  ray-mlflow {n} trials: {seconds:6.1f} s wall, {row['ray_mlflow'][1]:5.1f} s driver"
+            f" CPU   ({before} -> {load()})",
+            flush=True,
+        )
+    return row
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    print()
+    print(
+        "| trials | bare wall s (runs) | ours wall s (runs) | ratio ours/bare | driver CPU s bare | "
+        "driver CPU s ours | load avg |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        wall, cpu = row["wall"], row["cpu"]
+        b, o = statistics.fmean(wall["bare"]), statistics.fmean(wall["ours"])
+        cb, co = statistics.fmean(cpu["bare"]), statistics.fmean(cpu["ours"])
+        runs = {side: ", ".join(f"{x:.1f}" for x in wall[side]) for side in wall}
+        print(
+            f"| {row['trials']} | {b:.1f} ({runs['bare']}) | {o:.1f} ({runs['ours']}) | **{o / b:.3f}** | "
+            f"{cb:.1f} | {co:.1f} | {row['load']:.1f} |"
+        )
+    for row in rows:
+        if "ray_mlflow" in row:
+            seconds, c = row["ray_mlflow"]
+            b = statistics.fmean(row["wall"]["bare"])
+            print(
+                f"Ray MLflowLoggerCallback, {row['trials']} trials: {seconds:.1f} s, ratio {seconds / b:.3f};"
+                f" driver CPU {c:.1f} s"
+            )
+    print(f"target: ratio <= 1.10; machine load at the end: {load()} ({os.cpu_count()} cores)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=50)
     parser.add_argument(
-        "--repeats", type=int, default=1, help="ABBA blocks: each side runs 2 x repeats times"
+        "--trials",
+        type=int,
+        nargs="+",
+        default=[50],
+        help="one row of the table per count: --trials 50 200 1000",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="ABBA blocks: each side runs 2 x repeats times per row"
     )
     parser.add_argument("--num-cpus", type=int, default=2)
     parser.add_argument("--with-ray-mlflow", action="store_true", help="also time Ray's MLflowLoggerCallback")
@@ -172,59 +254,10 @@ def main() -> None:
         _, warm = make_spec("warmup", 8)
         time_bare(warm, work / "warmup")
 
-        bare: list[float] = []
-        ours: list[float] = []
-        cpu: dict[str, list[float]] = {"bare": [], "ours": []}
-        order = ["bare", "ours", "ours", "bare"] * args.repeats
-        for i, side in enumerate(order):
-            before, cpu0 = load(), driver_cpu()
-            if side == "bare":
-                _, trials = make_spec(f"bare{i}", args.trials)
-                seconds = time_bare(trials, work / f"bare{i}")
-                bare.append(seconds)
-            else:
-                spec, trials = make_spec(f"ours{i}", args.trials)
-                seconds = time_ours(spec, trials, work / f"sweep{i}", uri)
-                ours.append(seconds)
-            cpu[side].append(driver_cpu() - cpu0)
-            print(
-                f"  {side:4s} {args.trials} trials: {seconds:6.1f} s wall, {cpu[side][-1]:5.1f} s driver CPU"
-                f"   ({before} -> {load()})",
-                flush=True,
-            )
-
-        ray_mlflow: float | None = None
-        if args.with_ray_mlflow:
-            from ray.air.integrations.mlflow import MLflowLoggerCallback
-
-            _, trials = make_spec("raymlflow", args.trials)
-            before, cpu0 = load(), driver_cpu()
-            ray_mlflow = time_bare(
-                trials,
-                work / "raymlflow",
-                callbacks=[
-                    MLflowLoggerCallback(tracking_uri=uri, experiment_name="ray-mlflow", save_artifact=False)
-                ],
-            )
-            cpu["ray-mlflow"] = [driver_cpu() - cpu0]
-            print(
-                f"  ray-mlflow {args.trials} trials: {ray_mlflow:6.1f} s wall, {cpu['ray-mlflow'][0]:5.1f} s driver"
-                f" CPU   ({before} -> {load()})"
-            )
-
-        b, o = statistics.fmean(bare), statistics.fmean(ours)
-        print()
-        print(f"bare Tune, no logging : {b:6.1f} s  (runs: {', '.join(f'{x:.1f}' for x in bare)})")
-        print(f"our driver + MLflow   : {o:6.1f} s  (runs: {', '.join(f'{x:.1f}' for x in ours)})")
-        print(f"ratio ours / bare     : {o / b:6.3f}  (target <= 1.15)")
-        cb, co = statistics.fmean(cpu["bare"]), statistics.fmean(cpu["ours"])
-        print(f"driver CPU            : bare {cb:.1f} s, ours {co:.1f} s (+{co - cb:.1f} s, {co / cb:.2f}x)")
-        if ray_mlflow is not None:
-            print(
-                f"Ray MLflowLoggerCallback: {ray_mlflow:6.1f} s, ratio {ray_mlflow / b:.3f};"
-                f" driver CPU {cpu['ray-mlflow'][0]:.1f} s"
-            )
-        print(f"machine load at the end: {load()} ({os.cpu_count()} cores)")
+        rows = []
+        for n in args.trials:
+            rows.append(_measure(n, args.repeats, work, uri, args.with_ray_mlflow))
+            _print_table(rows)  # so far: a long run's first rows survive an interruption
     finally:
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)

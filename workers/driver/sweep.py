@@ -200,7 +200,7 @@ def run_sweep(
     num_cpus: float | None = None,
     checkpoints_to_keep: int = DEFAULT_CHECKPOINTS_TO_KEEP,
     verbose: int = 0,
-    linger_s: float = 0.25,
+    linger_s: float = 1.0,
     prune_checkpoints: bool = True,
     extra_tags: Mapping[str, str] | None = None,
 ) -> SweepOutcome:
@@ -217,6 +217,10 @@ def run_sweep(
             (with `num_cpus`). An already initialised Ray in this process is used as it is.
         artifact_root: where the sweep's MLflow artifacts go (default: beside a sqlite store).
         checkpoints_to_keep: Tune's ``CheckpointConfig(num_to_keep)`` per running trial.
+        linger_s: how long the MLflow writer collects work before it writes (a trial's reports
+            and tags within it go out as one ``log_batch``): metrics reach MLflow within about
+            this long. A killed driver's unwritten steps are filled in from the checkpoint's
+            report history by the next one; a SIGTERM flushes first.
         prune_checkpoints: delete a finished trial's checkpoints from Tune's storage once its
             final checkpoint is an MLflow artifact.
         extra_tags: MLflow tags for the parent run and every trial run (the service's

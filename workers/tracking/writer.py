@@ -1,9 +1,9 @@
 """The MLflow writer thread: every MLflow write of a sweep, batched, retried, in order per run.
 
 Tune's event loop only enqueues (`MlflowWriter`'s public methods never touch the client); the
-thread lingers a moment to collect work, then writes each run's metrics in one `log_batch`
-(never one request per metric). Runs are addressed by explicit run ids through `MlflowClient`:
-never MLflow's global active run, which concurrent trials would share. The caller
+thread lingers a moment to collect work, then writes each run's params, tags and metrics in one
+`log_batch` (never one request per metric or per tag). Runs are addressed by explicit run ids
+through `MlflowClient`: never MLflow's global active run, which concurrent trials would share. The caller
 (`workers.tracking.callback`) drops the steps a run already holds before they reach the writer;
 the writer makes sure a retried write whose first answer was lost does not land twice.
 """
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from workers.tracking.runs import (
     MAX_METRICS_PER_BATCH,
     MAX_PARAMS_TAGS_PER_BATCH,
+    MAX_TAG_VALUE,
     RUNNING,
     TAG_END_REASON,
     TAG_SWEEP_ID,
@@ -33,6 +34,7 @@ from workers.tracking.runs import (
     RunSpec,
     clean_key,
     set_run_tags,
+    truncate,
 )
 
 if TYPE_CHECKING:
@@ -63,12 +65,22 @@ class _Op:
     payload: Any = None
 
 
+@dataclass
+class _Pending:
+    """What a round holds for one run until it writes it: reports and tags, one `log_batch`."""
+
+    reports: list[Report]
+    tags: dict[str, str]
+
+
 class MlflowWriter:
     """Background thread that performs every MLflow write of a sweep, in order per run.
 
     Methods enqueue and return at once. The thread waits `linger_s` after the first queued
-    operation to collect more, then writes: consecutive metric reports of a run go out as one
-    `log_batch` (up to 1,000 values, never splitting a report, so a run holds a report's
+    operation to collect more (asleep: an enqueue does not wake it, only `flush` and `close`
+    do, so Tune's loop does not hand it the GIL at every report), then writes: a run's
+    consecutive metric reports and tags, with its params when it was just created, go out as
+    one `log_batch` (up to 1,000 values, never splitting a report, so a run holds a report's
     metrics entirely or not at all). Transient failures are retried with backoff; a write
     that still fails is logged and kept in `errors`, and the sweep carries on.
     """
@@ -91,8 +103,10 @@ class MlflowWriter:
         self._pending_params: dict[str, list[Any]] = {}  # writer thread only
         self._create_tried: set[str] = set()  # writer thread only
         self._runs: dict[str, str] = dict(runs or {})
+        self._artifact_uris: dict[str, str] = {}  # writer thread only: runs it created
         self._runs_lock = threading.Lock()
         self._queue: queue.SimpleQueue[_Op | _Stop] = queue.SimpleQueue()
+        self._urgent = threading.Event()  # a flush or close is waiting: stop lingering
         self._thread = threading.Thread(target=self._loop, name="dab-mlflow-writer", daemon=True)
         self._closed = False
 
@@ -137,6 +151,7 @@ class MlflowWriter:
             return self._queue.empty()
         done = threading.Event()
         self._put(_Op("barrier", "", done))
+        self._urgent.set()
         return done.wait(timeout)
 
     def close(self, timeout: float | None = None) -> bool:
@@ -147,6 +162,7 @@ class MlflowWriter:
         if not self._thread.is_alive():
             return self._queue.empty()
         self._queue.put(_Stop())
+        self._urgent.set()
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
@@ -163,20 +179,12 @@ class MlflowWriter:
         while not stop:
             first = self._queue.get()
             ops: list[_Op | _Stop] = [first]
-            if isinstance(first, _Op) and first.kind != "barrier":
-                deadline = time.monotonic() + self.linger_s
-                while True:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    try:
-                        op = self._queue.get(timeout=remaining)
-                    except queue.Empty:
-                        break
-                    ops.append(op)
-                    if isinstance(op, _Stop) or op.kind == "barrier":
-                        break
-            # Whatever else is already there goes in the same round.
+            if isinstance(first, _Op) and first.kind != "barrier" and self.linger_s > 0:
+                self._urgent.wait(self.linger_s)
+            # Cleared before the queue is read: a flush or close whose op this round misses
+            # set it after this, so the next round does not linger.
+            self._urgent.clear()
+            # Whatever is there now goes in this round.
             while True:
                 try:
                     ops.append(self._queue.get_nowait())
@@ -185,14 +193,17 @@ class MlflowWriter:
             stop = self._process(ops)
 
     def _process(self, ops: list[_Op | _Stop]) -> bool:
-        pending: dict[str, list[Report]] = {}
+        pending: dict[str, _Pending] = {}
         stop = False
         for op in ops:
             if isinstance(op, _Stop):
                 stop = True
                 continue
             if op.kind == "metrics":
-                pending.setdefault(op.key, []).extend(op.payload)
+                pending.setdefault(op.key, _Pending([], {})).reports.extend(op.payload)
+                continue
+            if op.kind == "tags":  # tags go in the run's next log_batch (a later value wins)
+                pending.setdefault(op.key, _Pending([], {})).tags.update(op.payload)
                 continue
             if op.kind == "barrier":
                 self._flush_all(pending)
@@ -200,18 +211,20 @@ class MlflowWriter:
                 continue
             if op.key in pending or op.key in self._pending_params:
                 # Keep per-run order: what was queued before this op is written before it.
-                self._flush_key(op.key, pending.pop(op.key, []))
+                self._flush_key(op.key, pending.pop(op.key, None))
             self._guard(op.kind, op.key, functools.partial(self._apply, op))
         self._flush_all(pending)
         return stop
 
-    def _flush_all(self, pending: dict[str, list[Report]]) -> None:
+    def _flush_all(self, pending: dict[str, _Pending]) -> None:
         for key in [*pending, *(k for k in self._pending_params if k not in pending)]:
-            self._flush_key(key, pending.get(key, []))
+            self._flush_key(key, pending.get(key))
         pending.clear()
 
-    def _flush_key(self, key: str, reports: list[Report]) -> None:
-        self._guard("metrics", key, functools.partial(self._write, key, reports))
+    def _flush_key(self, key: str, batch: _Pending | None) -> None:
+        reports, tags = (batch.reports, batch.tags) if batch is not None else ([], {})
+        kind = "metrics" if reports or not tags else "tags"
+        self._guard(kind, key, functools.partial(self._write, key, reports, tags))
 
     def _guard(self, kind: str, key: str, fn: Callable[[], None]) -> None:
         delay = 0.2
@@ -243,10 +256,20 @@ class MlflowWriter:
             self._open(op.key, spec, tags)
         elif op.kind == "artifacts":
             source, path = op.payload
+            run_id = self._require(op.key)
             with source() as directory:
-                self.client.log_artifacts(self._require(op.key), directory, path)
-        elif op.kind == "tags":
-            set_run_tags(self.client, self._require(op.key), op.payload)
+                uri = self._artifact_uris.get(op.key)
+                if uri is not None:
+                    # The run's artifact location came back with its creation: no get_run
+                    # (MlflowClient.log_artifacts asks for the run to find it).
+                    from mlflow.store.artifact.artifact_repository_registry import (
+                        get_artifact_repository,
+                    )
+
+                    repo = get_artifact_repository(uri, tracking_uri=self.client.tracking_uri)
+                    repo.log_artifacts(directory, path)
+                else:
+                    self.client.log_artifacts(run_id, directory, path)
         elif op.kind == "terminate":
             status, reason, after = op.payload
             run_id = self._require(op.key)
@@ -287,9 +310,11 @@ class MlflowWriter:
                 set_run_tags(self.client, run_id, tags)
         else:
             all_tags = {**spec.tags, **tags}
-            run_id = self.client.create_run(
-                self.experiment_id, tags=all_tags, run_name=spec.run_name
-            ).info.run_id
+            info = self.client.create_run(self.experiment_id, tags=all_tags, run_name=spec.run_name).info
+            run_id = info.run_id
+            # MLflow rewrites a Databricks store's artifact URI before use: leave those to it.
+            if info.artifact_uri and not str(self.client.tracking_uri).startswith("databricks"):
+                self._artifact_uris[key] = info.artifact_uri
         with self._runs_lock:
             self._runs[key] = run_id
         if existing:
@@ -302,37 +327,43 @@ class MlflowWriter:
                     json.dump(spec.config, f, indent=1, default=str)
                 self.client.log_artifacts(run_id, tmp)
 
-    def _write(self, key: str, reports: list[Report]) -> None:
-        """Write `key`'s pending params and `reports` in as few `log_batch` calls as MLflow's
-        limits allow, never splitting a report across two calls."""
-        from mlflow.entities import Metric
+    def _write(self, key: str, reports: list[Report], tags: Mapping[str, str] | None = None) -> None:
+        """Write `key`'s pending params, `tags` and `reports` in as few `log_batch` calls as
+        MLflow's limits allow (100 params and tags, 1,000 values a call), never splitting a
+        report across two calls."""
+        from mlflow.entities import Metric, Param, RunTag
 
         run_id = self._require(key)
         params = self._pending_params.get(key, [])
-        batches: list[tuple[list[Any], list[Metric]]] = []
-        for i in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
-            batches.append((params[i : i + MAX_PARAMS_TAGS_PER_BATCH], []))
+        run_tags = [RunTag(clean_key(k), truncate(str(v), MAX_TAG_VALUE)[0]) for k, v in (tags or {}).items()]
+        head: list[Any] = [*params, *run_tags]
+        batches: list[tuple[list[Any], list[Any], list[Metric]]] = []
+        for i in range(0, len(head), MAX_PARAMS_TAGS_PER_BATCH):
+            chunk = head[i : i + MAX_PARAMS_TAGS_PER_BATCH]
+            batches.append(
+                ([x for x in chunk if isinstance(x, Param)], [x for x in chunk if isinstance(x, RunTag)], [])
+            )
         if not batches:
-            batches.append(([], []))
+            batches.append(([], [], []))
         for report in reports:
             metrics = [Metric(clean_key(k), v, report.time_ms, report.step) for k, v in report.values.items()]
-            batch_params, batch_metrics = batches[-1]
-            if (
-                batch_metrics
-                and len(batch_params) + len(batch_metrics) + len(metrics) > MAX_METRICS_PER_BATCH
-            ):
-                batches.append(([], []))
-            batches[-1][1].extend(metrics)
-        for batch_params, batch_metrics in batches:
-            if batch_params or batch_metrics:
-                self._log_batch_once(run_id, batch_params, batch_metrics)
+            batch_params, batch_tags, batch_metrics = batches[-1]
+            size = len(batch_params) + len(batch_tags) + len(batch_metrics)
+            if batch_metrics and size + len(metrics) > MAX_METRICS_PER_BATCH:
+                batches.append(([], [], []))
+            batches[-1][2].extend(metrics)
+        for batch_params, batch_tags, batch_metrics in batches:
+            if batch_params or batch_tags or batch_metrics:
+                self._log_batch_once(run_id, batch_params, batch_metrics, batch_tags)
             if batch_params:  # landed: a retry must not send them again
                 self._pending_params[key] = self._pending_params[key][len(batch_params) :]
         self._pending_params.pop(key, None)
 
-    def _log_batch_once(self, run_id: str, params: list[Any], metrics: list[Any]) -> None:
+    def _log_batch_once(
+        self, run_id: str, params: list[Any], metrics: list[Any], tags: list[Any] | None = None
+    ) -> None:
         try:
-            self.client.log_batch(run_id, metrics=metrics, params=params)
+            self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags or [])
         except Exception as e:
             if not _transient(e):
                 raise

@@ -5,9 +5,10 @@ Real MLflow (SQLite stores under tmp_path); no Ray is started here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -213,3 +214,117 @@ def test_writer_keeps_tunes_loop_free(tracking_uri: str) -> None:
     runs = tracker.client.search_runs([exp], "", max_results=100)
     assert len(runs) == 20 and {r.info.status for r in runs} == {FINISHED}
     assert {r.data.metrics["step"] for r in runs} == {30.0}
+
+
+class _CountingClient:
+    """A real client that records each call's name and, for ``log_batch``, what it carried."""
+
+    def __init__(self, real: MlflowClient) -> None:
+        self.real = real
+        self.calls: list[str] = []
+        self.batches: list[tuple[int, int, int]] = []  # (params, tags, metrics) a log_batch
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.real, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            if name == "log_batch":
+                self.batches.append(
+                    (
+                        len(kwargs.get("params") or []),
+                        len(kwargs.get("tags") or []),
+                        len(kwargs.get("metrics") or []),
+                    )
+                )
+            return attr(*args, **kwargs)
+
+        return call
+
+
+def test_a_trials_params_tags_and_metrics_of_one_round_go_in_one_batch_and_all_land(
+    tracking_uri: str, tmp_path: Path
+) -> None:
+    """What the callback sends for a short trial (open, reports, placement tags between them,
+    the final checkpoint, the end) is written as create, one log_batch, the artifact, the end:
+    nothing lost, the later value of a tag set twice wins, the artifact where MLflow says."""
+    tracker = SweepTracker(tracking_uri, "sw")
+    exp = tracker.ensure_experiment()
+    counting = _CountingClient(tracker.client)
+    # A long linger: the round is whole when the close wakes the thread.
+    writer = MlflowWriter(counting, exp, linger_s=600).start()  # type: ignore[arg-type]
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "state.pt").write_text("weights")
+
+    @contextlib.contextmanager
+    def source() -> Iterator[str]:
+        yield str(checkpoint)
+
+    writer.open_run("k1", _spec("k1", note="n"), {"dab.attempts": "1"})
+    writer.log_reports("k1", [Report(10, 1, {"step": 10.0, "loss": 1.0})])
+    writer.set_tags("k1", {"dab.node": "10.0.0.1", "dab.device": "cpu"})
+    writer.log_reports("k1", [Report(20, 2, {"step": 20.0, "loss": 0.5})])
+    writer.set_tags("k1", {"dab.node": "10.0.0.2"})
+    writer.log_reports("k1", [Report(30, 3, {"step": 30.0, "loss": 0.25})])
+    writer.log_artifacts("k1", source, "checkpoint")
+    writer.terminate("k1", FINISHED)
+    assert writer.close(timeout=60) and writer.errors == []
+
+    assert counting.calls == ["create_run", "log_batch", "set_terminated"]  # artifact: no get_run
+    assert counting.batches == [(2, 2, 6)]
+    client = tracker.client
+    run = client.get_run(_run_id(writer, "k1"))
+    assert run.info.status == FINISHED
+    assert run.data.params == {"lr": "0.01", "note": "n"}
+    assert run.data.tags["dab.node"] == "10.0.0.2" and run.data.tags["dab.device"] == "cpu"
+    assert _history(client, run.info.run_id, "step") == [(10, 10.0), (20, 20.0), (30, 30.0)]
+    assert _history(client, run.info.run_id, "loss") == [(10, 1.0), (20, 0.5), (30, 0.25)]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/state.pt"]
+    path = client.download_artifacts(run.info.run_id, "checkpoint/state.pt", str(tmp_path / "down"))
+    assert Path(path).read_text() == "weights"
+
+
+def test_flush_does_not_wait_for_the_linger(tracking_uri: str) -> None:
+    """An enqueue does not wake the lingering thread, a flush does: what was queued is written
+    when flush returns, however long the linger."""
+    tracker = SweepTracker(tracking_uri, "sw")
+    exp = tracker.ensure_experiment()
+    writer = MlflowWriter(tracker.client, exp, linger_s=3600).start()
+    writer.open_run("k1", _spec("k1"))
+    writer.log_reports("k1", [Report(10, 1, {"step": 10.0})])
+    assert writer.flush(timeout=120)
+    run_id = _run_id(writer, "k1")
+    assert _history(tracker.client, run_id, "step") == [(10, 10.0)]
+    writer.log_reports("k1", [Report(20, 2, {"step": 20.0})])
+    writer.terminate("k1", FINISHED)
+    assert writer.close(timeout=120) and writer.errors == []
+    assert tracker.client.get_run(run_id).info.status == FINISHED
+    assert _history(tracker.client, run_id, "step") == [(10, 10.0), (20, 20.0)]
+
+
+def test_a_run_reopened_by_a_later_driver_logs_its_artifacts_through_mlflow(
+    tracking_uri: str, tmp_path: Path
+) -> None:
+    """A run this writer did not create (found at start-up) has no known artifact location:
+    its artifacts go through `MlflowClient.log_artifacts`, to the same place."""
+    tracker = SweepTracker(tracking_uri, "sw")
+    exp = tracker.ensure_experiment()
+    run_id = tracker.client.create_run(exp, tags={TAG_TRIAL_KEY: "k1"}).info.run_id
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "state.pt").write_text("w2")
+
+    @contextlib.contextmanager
+    def source() -> Iterator[str]:
+        yield str(checkpoint)
+
+    writer = MlflowWriter(tracker.client, exp, {"k1": run_id}, linger_s=0.01).start()
+    writer.open_run("k1", _spec("k1"))
+    writer.log_artifacts("k1", source, "checkpoint")
+    writer.terminate("k1", FINISHED)
+    assert writer.close(timeout=60) and writer.errors == []
+    assert [a.path for a in tracker.client.list_artifacts(run_id, "checkpoint")] == ["checkpoint/state.pt"]
+    assert tracker.client.get_run(run_id).info.status == FINISHED
