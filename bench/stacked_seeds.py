@@ -45,7 +45,6 @@ from dab_core.stacked import StackedTasks
 from dab_core.training import Task, build_task
 
 
-
 def tasks_of(size: dict[str, Any], seeds: int, device: str, threads: int) -> list[Task]:
     base = {
         "experiment": "sorting",
