@@ -55,6 +55,9 @@ def tasks_of(size: dict[str, Any], seeds: int, device: str, threads: int) -> lis
         "test_size": 16,
         "device": device,
         "num_threads": threads,
+        # eager both ways: the stacked step is not compiled, and compile: auto would compile
+        # the separate ones (these trials are long); compiled against eager is dab_overhead.py's
+        "compile": "off",
         **size,
     }
     return [build_task(parse_config({**base, "seed": s})) for s in range(seeds)]
