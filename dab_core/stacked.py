@@ -76,6 +76,7 @@ from dab_core.training import (
     has_checkpoint,
     load_checkpoint,
     member_dir,
+    parse_group,
     remove_orphan_checkpoint_dirs,
     save_checkpoint,
 )
@@ -337,17 +338,7 @@ def fit_stacked(
         Each member's last metrics (a group resumed from its final checkpoint trains no more
         and returns fresh evaluations).
     """
-    from dab_core.experiments import parse_config
-
-    if not configs:
-        raise ValueError("fit_stacked needs at least one trial config")
-    parsed = [parse_config(c) for c in configs]
-    timing = {(p.steps, p.eval_every, p.checkpoint_interval) for p in parsed}
-    if len(timing) > 1:
-        raise ValueError(
-            "the members of a group must share steps, eval_every and checkpoint_every: got "
-            + ", ".join(f"{t}" for t in sorted(timing))
-        )
+    parsed = parse_group(configs, "fit_stacked")
     check_stackable(parsed)
     if report is not None:
         remove_orphan_checkpoint_dirs()

@@ -257,6 +257,23 @@ def member_dir(directory: str | os.PathLike[str], index: int) -> Path:
     return Path(directory) / f"member-{index}"
 
 
+def parse_group(configs: Sequence[Mapping[str, Any]], fit: str) -> list[TrialConfig]:
+    """The members' typed configs, checked to report together (the same ``steps``,
+    ``eval_every`` and ``checkpoint_every``): what `fit_group` and `fit_stacked` (`fit`) take."""
+    from dab_core.experiments import parse_config
+
+    if not configs:
+        raise ValueError(f"{fit} needs at least one trial config")
+    parsed = [parse_config(c) for c in configs]
+    timing = {(p.steps, p.eval_every, p.checkpoint_interval) for p in parsed}
+    if len(timing) > 1:
+        raise ValueError(
+            "the members of a group must share steps, eval_every and checkpoint_every: got "
+            + ", ".join(f"{t}" for t in sorted(timing))
+        )
+    return parsed
+
+
 def fit_group(
     configs: Sequence[Mapping[str, Any]],
     report: GroupReport | None = None,
@@ -276,17 +293,7 @@ def fit_group(
         Each member's last metrics (a group resumed from its final checkpoint trains no more
         and returns fresh evaluations).
     """
-    from dab_core.experiments import parse_config
-
-    if not configs:
-        raise ValueError("fit_group needs at least one trial config")
-    parsed = [parse_config(c) for c in configs]
-    timing = {(p.steps, p.eval_every, p.checkpoint_interval) for p in parsed}
-    if len(timing) > 1:
-        raise ValueError(
-            "the members of a group must share steps, eval_every and checkpoint_every: got "
-            + ", ".join(f"{t}" for t in sorted(timing))
-        )
+    parsed = parse_group(configs, "fit_group")
     if report is not None:
         remove_orphan_checkpoint_dirs()
     runs: list[_Stepper] = []
@@ -368,6 +375,7 @@ __all__ = [
     "has_checkpoint",
     "load_checkpoint",
     "member_dir",
+    "parse_group",
     "resolve_device",
     "run_trial",
     "save_checkpoint",
