@@ -28,8 +28,11 @@ Choices the paper leaves open, and why (also in docs/sorting.md):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -69,6 +72,13 @@ COMPILABLE_ESTIMATORS = ("dab", "ste", "elu", "tanh", "identity")
 #: (docs/sorting.md, "Compiled steps"): it pays for itself after about 2,500 steps, so auto
 #: compiles where the trial is twice that long, and the tests' short trials stay eager.
 COMPILE_MIN_STEPS = 5_000
+
+
+@functools.cache
+def _has_cxx() -> bool:
+    """Inductor compiles CPU kernels with a C++ compiler (``$CXX``, else ``g++``/``c++``); a
+    node without one trains eager under ``compile: auto`` rather than fail at the first step."""
+    return any(shutil.which(c) for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c)
 
 
 class SortingConfig(BridgeFields):
@@ -172,7 +182,8 @@ class SortingConfig(BridgeFields):
             and self.resolved_estimator in COMPILABLE_ESTIMATORS
             and device.type == "cpu"
         )
-        return "default" if measured and self.steps >= COMPILE_MIN_STEPS else "off"
+        long_enough = self.steps >= COMPILE_MIN_STEPS
+        return "default" if measured and long_enough and _has_cxx() else "off"
 
     @property
     def resolved_estimator(self) -> str:

@@ -49,6 +49,18 @@ def test_auto_compiles_only_what_was_measured_faster() -> None:
     assert cfg(steps=long, compile="off").compile_mode(CPU) == "off"
 
 
+def test_auto_stays_eager_on_a_node_without_a_cxx_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dab_core.experiments import sorting
+
+    sorting._has_cxx.cache_clear()
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv("CXX", raising=False)
+    try:
+        assert cfg(steps=COMPILE_MIN_STEPS).compile_mode(CPU) == "off"
+    finally:
+        sorting._has_cxx.cache_clear()
+
+
 @pytest.mark.parametrize(
     ("kw", "fields"),
     [
