@@ -1,5 +1,5 @@
 """The sweep spec's schema: `SweepSpec`, `SweepSuite`, `Resources`, `Limits`, `Search`,
-`Scheduler`, `PaperValue`, and the rules beyond field types (see `workers.spec`). (Over 500
+`Scheduler`, `Execution`, `PaperValue`, and the rules beyond field types (see `workers.spec`). (Over 500
 lines: every rule across a spec's fields sits beside the models it checks, so one file says
 what a valid spec is.) Validators raise `FieldError` with a
 path relative to what they validate; `workers.spec.errors.spec_error` turns pydantic's errors
