@@ -83,6 +83,28 @@ def test_idempotency_key(api: Api) -> None:
             "params.hard",
             "unknown hard function 'rm_rf'",
         ),
+        (
+            json.dumps(_spec(params={**TINY_DATA["params"], "compile": "always"})),
+            "application/json",
+            "params.compile",
+            "unknown compile 'always'; known: auto, off, default, reduce-overhead",
+        ),
+        (
+            json.dumps(_spec(execution={"seeds": "fused"})),
+            "application/json",
+            "execution.seeds",
+            "unknown seeds 'fused'; known: separate, stacked",
+        ),
+        (
+            json.dumps(
+                _spec(
+                    params={**TINY_DATA["params"], "estimator": "perturbed"}, execution={"seeds": "stacked"}
+                )
+            ),
+            "application/json",
+            "execution.seeds",
+            "use execution.seeds: separate",
+        ),
         (json.dumps(_spec(experiment="os.system")), "application/json", "experiment", "experiment"),
         (json.dumps(_spec(experiment="nope")), "application/json", "experiment", "unknown experiment family"),
         ("[1, 2, 3]", "application/json", None, "mapping"),
