@@ -25,7 +25,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +191,12 @@ def group_report(per_member: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def dab_group_trainable(config: Mapping[str, Any], *, stacked: bool = False) -> None:
+def dab_group_trainable(
+    config: Mapping[str, Any],
+    *,
+    stacked: bool = False,
+    groups: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+) -> None:
     """Run several seeds of one configuration as one Tune trial: a search's configuration, or a
     grid cell's pending seeds with ``execution.seeds: stacked``. In lockstep
     (`dab_core.training.fit_group`), or as one vmapped model (`dab_core.stacked.fit_stacked`,
@@ -199,15 +204,19 @@ def dab_group_trainable(config: Mapping[str, Any], *, stacked: bool = False) -> 
     checkpoints, so either resumes the other's.
 
     Args:
-        config: the Tune trial config: its members (each seed's trial key, replicate, seed and
-            resolved config), and for a search the configuration's key, index and cell.
+        config: the Tune trial config: a search's configuration holds its key, index, cell and
+            members (each seed's trial key, replicate, seed and resolved config); a grid's
+            stacked cell is ``{"trial_key": group_key}``, its members in `groups`.
+        groups: group key -> members, the grid's stacked cells (a table passed once through
+            `tune.with_parameters`, as `dab_trainable`'s trial table).
     """
 
     from dab_core.experiments import parse_config
     from dab_core.stacked import fit_stacked
     from dab_core.training import fit_group
 
-    configs = [dict(m["config"]) for m in config[MEMBERS]]
+    members = config[MEMBERS] if MEMBERS in config else (groups or {})[config[TRIAL_KEY]]
+    configs = [dict(m["config"]) for m in members]
     parsed = [parse_config(c) for c in configs]  # a bad config fails here, before any compute
     where = placement(str(getattr(parsed[0], "device", "auto")))
     fit = fit_stacked if stacked else fit_group
@@ -219,11 +228,16 @@ def dab_group_trainable(config: Mapping[str, Any], *, stacked: bool = False) -> 
     )
 
 
-def make_group_trainable(resources: Mapping[str, float], stacked: bool = False) -> Callable[..., Any]:
+def make_group_trainable(
+    resources: Mapping[str, float],
+    stacked: bool = False,
+    groups: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+) -> Callable[..., Any]:
     """`dab_group_trainable` as a Tune trainable with `resources`, restoring as `make_trainable`'s."""
     from ray import tune
 
-    bound = tune.with_parameters(dab_group_trainable, stacked=stacked)
+    table = {k: [dict(m) for m in v] for k, v in (groups or {}).items()}
+    bound = tune.with_parameters(dab_group_trainable, stacked=stacked, groups=table)
     return tune.with_resources(_restoring(bound, "dab_group_trainable"), dict(resources))
 
 

@@ -101,3 +101,61 @@ def test_stacked_seeds_make_one_run_per_seed_with_the_lone_runs_results(
 
     again = run_sweep(spec, trials, sweep_dir=sweep_dir, tracking_uri=tracking_uri)
     assert again.exit_code == 0 and again.ran == [] and len(again.skipped) == 6
+
+
+@pytest.mark.slow
+def test_a_stacked_sweep_whose_driver_is_killed_resumes_without_duplicates_or_gaps(
+    tracking_uri: str,
+    tmp_path: Path,
+    driver_cli: Callable[..., Any],
+    mlflow_sweep: Callable[..., Any],
+    waiter: Callable[..., Any],
+    kill_env_processes: Callable[[str, str], list[int]],
+) -> None:
+    """SIGKILL the driver once one cell's group finished and the next trains; start it again:
+    the groups resume from their checkpoints, each seed keeps one run with every step once."""
+    import shutil
+    import signal
+    import subprocess
+    import tempfile
+
+    spec, _ = _spec("stack-kill", [0, 1], "stacked", steps=600, eval_every=20, checkpoint_every=60)
+    data = spec.model_dump(mode="json")
+    data["grid"] = {"lr": [0.001, 0.003, 0.01]}
+    data["limits"] = {"max_concurrent": 1}
+    sweep_dir = tmp_path / "stack-kill"
+    ray_tmp = tempfile.mkdtemp(prefix="dabs", dir="/tmp")
+    argv, env = driver_cli(data, sweep_dir, tracking_uri, ray_tmpdir=ray_tmp, extra=["--num-cpus", "2"])
+
+    def runs() -> list[Any]:
+        return list(mlflow_sweep(tracking_uri, "stack-kill").children)
+
+    def mid_sweep() -> bool:
+        now = runs()
+        finished = sum(r.info.status == "FINISHED" for r in now)
+        return finished >= 2 and any(
+            r.info.status == "RUNNING" and r.data.metrics.get("step", 0) >= 100 for r in now
+        )
+
+    log = open(tmp_path / "driver-1.log", "w")
+    try:
+        first = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        waiter(lambda: mid_sweep() or first.poll() is not None, 300, "one group finished, the next at 100")
+        assert first.poll() is None, (tmp_path / "driver-1.log").read_text()[-3000:]
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        assert sum(r.info.status == "FINISHED" for r in runs()) < 6
+        second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    finally:
+        log.close()
+        kill_env_processes("RAY_TMPDIR", ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+    view = mlflow_sweep(tracking_uri, "stack-kill")
+    keys = [r.data.tags["dab.trial_key"] for r in view.children]
+    assert len(keys) == len(set(keys)) == 6  # one run a seed: no duplicate, none lost
+    assert all(r.info.status == "FINISHED" for r in view.children)
+    assert all(r.data.tags["dab.execution"] == "stacked" for r in view.children)
+    for run in view.children:  # every step once: the resumed groups have no gap and no repeat
+        assert view.steps(run)["test_all_or_none"] == list(range(20, 601, 20))

@@ -469,21 +469,21 @@ def _run_tune(spec: Any, pending: Sequence[Any], session: _TuneSession) -> tuple
     runs = session.runs
     stacked = spec.execution.seeds == "stacked"
     execution = {TAG_EXECUTION: "stacked"} if stacked else {}
+    groups = stacked_groups(pending) if stacked else None
     callback = session.callback(
         {t.trial_key: _with_tags(session.run_spec(t), execution) for t in pending},
         {t.trial_key: runs[t.trial_key].last_step for t in pending if t.trial_key in runs},
+        groups=groups,
     )
-    groups = stacked_groups(pending) if stacked else None
     if groups is not None:
         keys = list(groups)
-        trainable = make_group_trainable(resources, stacked=True)
+        trainable = make_group_trainable(resources, stacked=True, groups=groups)
     else:
         keys = [t.trial_key for t in pending]
         trainable = make_trainable({t.trial_key: t.config for t in pending}, resources, run_keys=keys)
     tuner, path, restored = build_tuner(
         trainable,
         keys,
-        members=groups,
         tune_root=session.location.child(TUNE_DIR),
         callbacks=[callback],
         max_failures=spec.limits.max_failures,

@@ -7,7 +7,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -130,13 +130,8 @@ def build_tuner(
     max_concurrent: int | None,
     checkpoints_to_keep: int = DEFAULT_CHECKPOINTS_TO_KEEP,
     verbose: int = 0,
-    members: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
 ) -> tuple[Any, Location, bool]:
     """A Tuner for `keys`: the sweep's restorable Tune experiment for them, or a new one.
-
-    With `members` (key -> the seeds a group trial trains, ``execution.seeds: stacked``), each
-    Tune trial's config also holds its members, as a search's configurations do, so the
-    tracking callback logs one MLflow run per member.
 
     `tune_root` is the sweep's ``tune/`` location; Tune writes its experiment state and the
     trials their checkpoints there through the same pyarrow filesystem, so a trial restored on
@@ -147,7 +142,7 @@ def build_tuner(
     """
     from ray import tune
 
-    from workers.trainable import MEMBERS, TRIAL_KEY
+    from workers.trainable import TRIAL_KEY
 
     path = _restorable(tune_root, set(keys))
     if path is not None:
@@ -163,17 +158,9 @@ def build_tuner(
     path.child(TUNE_TRIALS_FILE).write_json(
         {"trial_keys": list(keys), "created_at": datetime.now(UTC).isoformat()}
     )
-    param_space: dict[str, Any] = {TRIAL_KEY: tune.grid_search(list(keys))}
-    if members is not None:
-        table = {k: [dict(m) for m in members[k]] for k in keys}
-
-        def members_of(spec: Any) -> list[dict[str, Any]]:  # Tune resolves it after the grid
-            return table[spec.config[TRIAL_KEY]]
-
-        param_space[MEMBERS] = tune.sample_from(members_of)
     tuner = tune.Tuner(
         trainable,
-        param_space=param_space,
+        param_space={TRIAL_KEY: tune.grid_search(list(keys))},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=max_concurrent,
             reuse_actors=True,

@@ -15,7 +15,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -175,9 +175,11 @@ class TrackingCallback(Callback):
         token: str,
         prune_checkpoints: bool = True,
         discover: Callable[[Mapping[str, Any]], None] | None = None,
+        groups: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     ) -> None:
         self.writer = writer
         self.discover = discover
+        self.groups = dict(groups or {})
         self.prune_checkpoints = prune_checkpoints
         self.status = status
         self.run_specs = dict(run_specs)
@@ -199,22 +201,30 @@ class TrackingCallback(Callback):
 
     # -- helpers --------------------------------------------------------------------------
 
+    def _member_list(self, trial: Any) -> Sequence[Mapping[str, Any]] | None:
+        """A group trial's members: in its config (a search's configuration), or in `groups`
+        under its key (a grid's stacked cell); None for a trial of one run."""
+        config = trial.config
+        if MEMBERS in config:
+            return config[MEMBERS]  # type: ignore[no-any-return]
+        return self.groups.get(str(config.get(TRIAL_KEY)))
+
     def _members(self, trial: Any) -> list[Member]:
         """The runs of a Tune trial this driver tracks (none: not one of this session's)."""
-        config = trial.config
-        if MEMBERS not in config:
-            key = config.get(TRIAL_KEY)
+        members = self._member_list(trial)
+        if members is None:
+            key = trial.config.get(TRIAL_KEY)
             return [(key, None)] if key in self.run_specs else []
-        keys = [str(m["trial_key"]) for m in config[MEMBERS]]
+        keys = [str(m["trial_key"]) for m in members]
         if self.discover is not None and any(k not in self.run_specs for k in keys):
-            self.discover(config)
+            self.discover(trial.config)
         return [(k, i) for i, k in enumerate(keys) if k in self.run_specs]
 
-    @staticmethod
-    def _budget(trial: Any, member: int | None) -> float | None:
-        if member is None:
+    def _budget(self, trial: Any, member: int | None) -> float | None:
+        members = self._member_list(trial)
+        if member is None or members is None:
             return None
-        return float(trial.config[MEMBERS][member]["config"]["steps"])
+        return float(members[member]["config"]["steps"])
 
     def _log(self, key: str, reports: Iterable[Report]) -> int:
         """Enqueue the reports past the run's last step; returns how many went out."""
