@@ -51,12 +51,8 @@ Choices made here (the paper says nothing about how replicates are run):
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -68,17 +64,14 @@ from dab_core.estimators import estimators, traceable_bridges
 from dab_core.experiments.sorting import SortingConfig, SortingTask
 from dab_core.hard import hard_functions
 from dab_core.training import (
-    ARTIFACTS_DIR,
-    CHECKPOINT_TMP_PREFIX,
     GroupReport,
-    Task,
     build_task,
     has_checkpoint,
     load_checkpoint,
     member_dir,
     parse_group,
     remove_orphan_checkpoint_dirs,
-    save_checkpoint,
+    report_group_checkpoint,
 )
 
 # The RNG capture and restore `fit_group` uses (the same functions, so the two keep the same
@@ -399,23 +392,8 @@ def fit_stacked(
         if not (step % cfg0.checkpoint_interval == 0 or step == cfg0.steps):
             report(metrics, None)
             continue
-        tmp = tempfile.mkdtemp(prefix=f"{CHECKPOINT_TMP_PREFIX}{os.getpid()}-")
-        try:
-            for i, task in enumerate(tasks):
-                set_rng_state(rngs[i])  # the checkpoint holds the member's own RNG state
-                _save(member_dir(tmp, i), task, step)
-                rngs[i] = rng_state()
-            report(metrics, tmp)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        report_group_checkpoint(report, metrics, tasks, step, rngs)
     return metrics
-
-
-def _save(directory: Path, task: Task, step: int) -> None:
-    """A member's checkpoint, as `fit_group` writes it (artifacts at the trial's end)."""
-    save_checkpoint(directory, task, step)
-    if step == task.config.steps:
-        task.artifacts(Path(directory) / ARTIFACTS_DIR)
 
 
 def _check_rng_untouched(before: Mapping[str, Any]) -> None:

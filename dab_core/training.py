@@ -215,9 +215,35 @@ class _Stepper:
         return self.step % cfg.checkpoint_interval == 0 or self.step == cfg.steps
 
     def save(self, directory: str | os.PathLike[str]) -> None:
-        save_checkpoint(directory, self.task, self.step)
-        if self.step == self.task.config.steps:
-            self.task.artifacts(Path(directory) / ARTIFACTS_DIR)
+        save_member(directory, self.task, self.step)
+
+
+def save_member(directory: str | os.PathLike[str], task: Task, step: int) -> None:
+    """A trial's checkpoint at `step`, with the family's artifacts once it reached its end."""
+    save_checkpoint(directory, task, step)
+    if step == task.config.steps:
+        task.artifacts(Path(directory) / ARTIFACTS_DIR)
+
+
+def report_group_checkpoint(
+    report: GroupReport,
+    metrics: list[dict[str, float]],
+    tasks: Sequence[Task],
+    step: int,
+    rngs: list[dict[str, Any]],
+) -> None:
+    """Write every member's checkpoint into ``member-<i>/`` of a temporary directory, each under
+    its own RNG state (`rngs`, updated), report it with `metrics`, and remove it (the group
+    fits', `fit_group` and `dab_core.stacked.fit_stacked`)."""
+    tmp = tempfile.mkdtemp(prefix=f"{CHECKPOINT_TMP_PREFIX}{os.getpid()}-")
+    try:
+        for i, task in enumerate(tasks):
+            _set_rng_state(rngs[i])  # the checkpoint holds the member's own RNG state
+            save_member(member_dir(tmp, i), task, step)
+            rngs[i] = _rng_state()
+        report(metrics, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def fit(task: Task, report: Report | None = None, checkpoint_dir: str | None = None) -> dict[str, float]:
@@ -320,15 +346,7 @@ def fit_group(
         if not runs[0].checkpoint_due():
             report(metrics, None)
             continue
-        tmp = tempfile.mkdtemp(prefix=f"{CHECKPOINT_TMP_PREFIX}{os.getpid()}-")
-        try:
-            for i, run in enumerate(runs):
-                _set_rng_state(rngs[i])  # the checkpoint holds the member's own RNG state
-                run.save(member_dir(tmp, i))
-                rngs[i] = _rng_state()
-            report(metrics, tmp)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        report_group_checkpoint(report, metrics, [r.task for r in runs], runs[0].step, rngs)
     return metrics
 
 
@@ -376,7 +394,9 @@ __all__ = [
     "load_checkpoint",
     "member_dir",
     "parse_group",
+    "report_group_checkpoint",
     "resolve_device",
     "run_trial",
     "save_checkpoint",
+    "save_member",
 ]

@@ -212,14 +212,15 @@ def dab_group_trainable(
     """
 
     from dab_core.experiments import parse_config
-    from dab_core.stacked import fit_stacked
     from dab_core.training import fit_group
 
     members = config[MEMBERS] if MEMBERS in config else (groups or {})[config[TRIAL_KEY]]
     configs = [dict(m["config"]) for m in members]
     parsed = [parse_config(c) for c in configs]  # a bad config fails here, before any compute
     where = placement(str(getattr(parsed[0], "device", "auto")))
-    fit = fit_stacked if stacked else fit_group
+    fit = fit_group
+    if stacked:
+        from dab_core.stacked import fit_stacked as fit
     _train_under_tune(
         where,
         lambda report, directory: fit(
