@@ -284,3 +284,39 @@ def tiny() -> dict[str, Any]:
 @pytest.fixture
 def sorting_metrics() -> set[str]:
     return set(SORTING_METRICS)
+
+
+@pytest.fixture
+def kill_driver_then_rerun(tmp_path: Path) -> Callable[..., None]:
+    """``kill_driver_then_rerun(argv, env, until, what, ray_tmpdir, after_kill=None)``: start the
+    driver CLI, SIGKILL it once ``until()`` holds (it must still be running then), call
+    ``after_kill()``, run it again to the end (exit 0), and kill whatever the two left under
+    `ray_tmpdir`."""
+    import subprocess
+
+    def run(
+        argv: list[str],
+        env: dict[str, str],
+        until: Callable[[], bool],
+        what: str,
+        ray_tmpdir: str,
+        after_kill: Callable[[], None] | None = None,
+    ) -> None:
+        log_path = tmp_path / "driver-1.log"
+        log = open(log_path, "w")
+        try:
+            first = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+            wait_for(lambda: until() or first.poll() is not None, 300, what)
+            assert first.poll() is None, log_path.read_text()[-3000:]
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+            if after_kill is not None:
+                after_kill()
+            second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+            assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+        finally:
+            log.close()
+            kill_processes_with_env("RAY_TMPDIR", ray_tmpdir)
+            shutil.rmtree(ray_tmpdir, ignore_errors=True)
+
+    return run

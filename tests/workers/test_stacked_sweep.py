@@ -109,14 +109,10 @@ def test_a_stacked_sweep_whose_driver_is_killed_resumes_without_duplicates_or_ga
     tmp_path: Path,
     driver_cli: Callable[..., Any],
     mlflow_sweep: Callable[..., Any],
-    waiter: Callable[..., Any],
-    kill_env_processes: Callable[[str, str], list[int]],
+    kill_driver_then_rerun: Callable[..., None],
 ) -> None:
     """SIGKILL the driver once one cell's group finished and the next trains; start it again:
     the groups resume from their checkpoints, each seed keeps one run with every step once."""
-    import shutil
-    import signal
-    import subprocess
     import tempfile
 
     spec, _ = _spec("stack-kill", [0, 1], "stacked", steps=600, eval_every=20, checkpoint_every=60)
@@ -137,20 +133,12 @@ def test_a_stacked_sweep_whose_driver_is_killed_resumes_without_duplicates_or_ga
             r.info.status == "RUNNING" and r.data.metrics.get("step", 0) >= 100 for r in now
         )
 
-    log = open(tmp_path / "driver-1.log", "w")
-    try:
-        first = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-        waiter(lambda: mid_sweep() or first.poll() is not None, 300, "one group finished, the next at 100")
-        assert first.poll() is None, (tmp_path / "driver-1.log").read_text()[-3000:]
-        first.send_signal(signal.SIGKILL)
-        first.wait()
+    def not_all_finished() -> None:
         assert sum(r.info.status == "FINISHED" for r in runs()) < 6
-        second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
-        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    finally:
-        log.close()
-        kill_env_processes("RAY_TMPDIR", ray_tmp)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+    kill_driver_then_rerun(
+        argv, env, mid_sweep, "one group finished, the next at 100", ray_tmp, not_all_finished
+    )
 
     view = mlflow_sweep(tracking_uri, "stack-kill")
     keys = [r.data.tags["dab.trial_key"] for r in view.children]
