@@ -238,6 +238,7 @@ def run_sweep(
         trial_run_spec,
         truncate,
     )
+    from workers.tracking.process import ProcessWriter
 
     t0 = time.monotonic()
     # MLflow's usage telemetry is a thread that competes with Tune's loop for the GIL (about
@@ -309,12 +310,12 @@ def run_sweep(
             adopted=sorted(adopted),
             waiting=waiting,
         )
-        writer = MlflowWriter(
-            tracker.client,
-            experiment_id,
-            {**{k: r.run_id for k, r in runs.items()}, PARENT: parent_id},
-            linger_s=linger_s,
-        ).start()
+        known_runs = {**{k: r.run_id for k, r in runs.items()}, PARENT: parent_id}
+        writer: MlflowWriter | ProcessWriter
+        if os.environ.get("DAB_MLFLOW_WRITER", "process") == "thread":
+            writer = MlflowWriter(tracker.client, experiment_id, known_runs, linger_s=linger_s).start()
+        else:  # the default: MLflow's per-request work off the driver's GIL (tracking/process.py)
+            writer = ProcessWriter(tracking_uri, experiment_id, known_runs, linger_s=linger_s).start()
         holder = Live()
         error: BaseException | None = None
 
