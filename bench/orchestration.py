@@ -80,13 +80,22 @@ def load() -> str:
 
 
 def driver_cpu() -> float:
-    """CPU seconds this (driver) process has used: Tune's loop, our callback and writer thread.
+    """CPU seconds this (driver) process has used: Tune's loop and our callback (and the
+    MLflow writer thread under ``DAB_MLFLOW_WRITER=thread``; by default it is a process).
 
     The trials' own CPU is spent in Ray's worker processes and is the same on both sides, so
     this is the part of the cost that logging can add, and it does not depend on how loaded
     the shared machine is.
     """
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def writer_cpu() -> float:
+    """CPU seconds of this process's reaped children: on our side, the MLflow writer process
+    (`workers.tracking.process`, joined when the sweep ends); Ray's own processes are not
+    reaped before `ray.shutdown`, so they do not count here."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
 
@@ -143,10 +152,11 @@ def _measure(n: int, repeats: int, work: Path, uri: str, with_ray_mlflow: bool) 
     """One row of the table: `n` trials, ABBA blocks of bare and ours (and Ray's callback)."""
     wall: dict[str, list[float]] = {"bare": [], "ours": []}
     cpu: dict[str, list[float]] = {"bare": [], "ours": []}
+    child: dict[str, list[float]] = {"bare": [], "ours": []}
     loads: list[float] = []
     order = ["bare", "ours", "ours", "bare"] * repeats
     for i, side in enumerate(order):
-        before, cpu0 = load(), driver_cpu()
+        before, cpu0, child0 = load(), driver_cpu(), writer_cpu()
         loads.append(os.getloadavg()[0])
         if side == "bare":
             _, trials = make_spec(f"bare{n}-{i}", n)
@@ -156,13 +166,21 @@ def _measure(n: int, repeats: int, work: Path, uri: str, with_ray_mlflow: bool) 
             seconds = time_ours(spec, trials, work / f"sweep{n}-{i}", uri)
         wall[side].append(seconds)
         cpu[side].append(driver_cpu() - cpu0)
+        child[side].append(writer_cpu() - child0)
         loads.append(os.getloadavg()[0])
         print(
-            f"  {side:4s} {n} trials: {seconds:6.1f} s wall, {cpu[side][-1]:5.1f} s driver CPU"
+            f"  {side:4s} {n} trials: {seconds:6.1f} s wall, {cpu[side][-1]:5.1f} s driver CPU,"
+            f" {child[side][-1]:5.1f} s writer process CPU"
             f"   ({before} -> {load()})",
             flush=True,
         )
-    row: dict[str, Any] = {"trials": n, "wall": wall, "cpu": cpu, "load": statistics.fmean(loads)}
+    row: dict[str, Any] = {
+        "trials": n,
+        "wall": wall,
+        "cpu": cpu,
+        "child": child,
+        "load": statistics.fmean(loads),
+    }
     if with_ray_mlflow:
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
@@ -188,9 +206,9 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     print()
     print(
         "| trials | bare wall s (runs) | ours wall s (runs) | ratio ours/bare | driver CPU s bare | "
-        "driver CPU s ours | load avg |"
+        "driver CPU s ours | writer process CPU s ours | load avg |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         wall, cpu = row["wall"], row["cpu"]
         b, o = statistics.fmean(wall["bare"]), statistics.fmean(wall["ours"])
@@ -198,7 +216,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         runs = {side: ", ".join(f"{x:.1f}" for x in wall[side]) for side in wall}
         print(
             f"| {row['trials']} | {b:.1f} ({runs['bare']}) | {o:.1f} ({runs['ours']}) | **{o / b:.3f}** | "
-            f"{cb:.1f} | {co:.1f} | {row['load']:.1f} |"
+            f"{cb:.1f} | {co:.1f} | {statistics.fmean(row['child']['ours']):.1f} | {row['load']:.1f} |"
         )
     for row in rows:
         if "ray_mlflow" in row:

@@ -9,6 +9,8 @@ files: `find_sweep_ids` derives them from the sweep id. By concern:
 * `workers.tracking.runs`: tags and params, `RunSpec`, `SweepTracker` (find or create the
   experiment, parent run and child runs exactly once), `find_sweep_ids`.
 * `workers.tracking.writer`: `MlflowWriter`, the background thread that owns every write.
+* `workers.tracking.process`: `ProcessWriter`, the same writer in a child process (the driver's
+  default; ``DAB_MLFLOW_WRITER=thread`` keeps the thread).
 * `workers.tracking.callback`: `TrackingCallback`, the Ray Tune callback.
 
 Every name is re-exported here, lazily (PEP 562): importing `workers.tracking.store` (as the

@@ -5,7 +5,7 @@ Why a process: at 1,000 trials Tune's loop is busy itself (about 46 s of driver 
 2 cores), and the writer thread's MLflow calls (about 26 ms a trial: a SQLAlchemy session per
 request against SQLite) ran beside it under one GIL, adding their time to the loop's
 (`docs/workers.md`, benchmark). Here the same `MlflowWriter` code runs in a child process;
-the driver side only pickles each operation and puts it on a queue.
+the driver side only pickles each operation and sends it down a pipe.
 
 The contract is `MlflowWriter`'s: the same methods, the same order per run, `flush` and
 `close` wait until everything queued before them is written, `run_id`, `errors` and
@@ -13,9 +13,10 @@ The contract is `MlflowWriter`'s: the same methods, the same order per run, `flu
 
 * ``terminate(after=...)``: `after` (e.g. delete Tune's copy of a checkpoint that is now an
   artifact) runs in the driver, on the thread that reads the child's reports, once the child
-  says the run ended with every write for it landed.
-* the queue: operations are pickled on the caller's thread (so a value that cannot travel is
-  an error there, recorded in `errors`, not lost in a feeder thread).
+  says the run ended, and only if no write for that run failed on either side.
+* pickling: an operation is pickled on the caller's thread, so a value that cannot travel
+  (an artifact source must be a `functools.partial` of a module function, as the callback's
+  is) is an error recorded in `errors` there, not lost on the way.
 
 The child dies with the driver: it waits on the parent's sentinel and exits at once when the
 driver is gone (a SIGKILLed driver loses the writes it had not made, exactly as the thread
