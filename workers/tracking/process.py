@@ -246,6 +246,8 @@ class ProcessWriter:
         with self._lock:
             self._flushes[token] = done
         if not self._send(("flush", token), ""):
+            with self._lock:
+                self._flushes.pop(token, None)
             return False
         return done.wait(timeout) and not self._gone.is_set()
 
