@@ -37,6 +37,7 @@ import multiprocessing.connection
 import os
 import pickle
 import signal
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -149,7 +150,13 @@ def _child_main(
             writer.close()
             outbox.put(("closed",))
             out.close()
-            return
+            # Every write is committed and acknowledged: skip the interpreter's teardown of
+            # MLflow, SQLAlchemy and their modules (about 0.5 s of the driver's close, each
+            # sweep, measured here).
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
 
 
 class ProcessWriter:

@@ -88,6 +88,7 @@ def test_the_child_writes_runs_in_order_and_runs_after_in_the_driver_once_the_ru
     run_id = writer.run_id("k1")
     assert run_id is not None
     assert writer.close(timeout=120) and writer.errors == []
+    assert writer._process.exitcode == 0  # a clean exit after its acknowledgement
 
     run = client.get_run(run_id)
     assert run.info.status == FINISHED and run.data.params == {"lr": "0.01"}
