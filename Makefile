@@ -20,9 +20,9 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/dab run $(SPEC)
 
-## The whole test suite, slow end-to-end tests included.
+## The whole test suite, slow end-to-end tests included, in two processes (tests/conftest.py).
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 ## Everything but the tests marked slow.
 test-fast: $(STAMP)
