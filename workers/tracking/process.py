@@ -28,6 +28,7 @@ sweep does not end "finished" with writes missing.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import itertools
@@ -111,6 +112,7 @@ def _child_main(
     experiment_id: str,
     runs: dict[str, str],
     linger_s: float,
+    hold_s: float,
     retries: int,
     inbox: Any,
     out: Any,
@@ -123,7 +125,13 @@ def _child_main(
 
     outbox = _Outbox(out)
     writer = _ChildWriter(
-        outbox, MlflowClient(tracking_uri), experiment_id, runs, linger_s=linger_s, retries=retries
+        outbox,
+        MlflowClient(tracking_uri),
+        experiment_id,
+        runs,
+        linger_s=linger_s,
+        hold_s=hold_s,
+        retries=retries,
     )
     writer.start()
     while True:
@@ -169,6 +177,7 @@ class ProcessWriter:
         runs: Mapping[str, str] | None = None,
         *,
         linger_s: float = 0.25,
+        hold_s: float = 0.0,
         retries: int = 5,
     ) -> None:
         # spawn, not fork: the driver holds Ray's and gRPC's threads, which a fork would copy
@@ -184,6 +193,7 @@ class ProcessWriter:
                 experiment_id,
                 dict(runs or {}),
                 linger_s,
+                hold_s,
                 retries,
                 self._child_in,
                 self._child_out,
@@ -212,7 +222,15 @@ class ProcessWriter:
         self._child_in.close()
         self._child_out.close()
         self._reader.start()
+        # multiprocessing joins its children at exit, and this one ignores SIGTERM: a driver
+        # that exits without `close` (an error before it) would wait for it forever.
+        atexit.register(self._close_at_exit)
         return self
+
+    def _close_at_exit(self) -> None:
+        if not self._closed:
+            log.warning("MLflow writer still open at exit: writing what is queued, then closing it")
+            self.close(timeout=30)
 
     def run_id(self, key: str) -> str | None:
         with self._lock:
@@ -262,6 +280,7 @@ class ProcessWriter:
         """Write what is queued, then stop the child; False if it did not finish in time."""
         if self._closed:
             return self._closed_ack.is_set()
+        atexit.unregister(self._close_at_exit)
         sent = self._send(("close",), "")
         self._closed = True
         finished = sent and self._closed_ack.wait(timeout)

@@ -67,10 +67,14 @@ class _Op:
 
 @dataclass
 class _Pending:
-    """What a round holds for one run until it writes it: reports and tags, one `log_batch`."""
+    """What the writer holds for one run until it writes it: the run's creation when it is
+    new (its `RunSpec` and tags), then reports and tags; written as `create_run` (with every
+    tag held) and one `log_batch`."""
 
     reports: list[Report]
     tags: dict[str, str]
+    since: float  # time.monotonic() when the first of it was held
+    open: tuple[RunSpec, dict[str, str]] | None = None
 
 
 class MlflowWriter:
@@ -79,10 +83,16 @@ class MlflowWriter:
     Methods enqueue and return at once. The thread waits `linger_s` after the first queued
     operation to collect more (asleep: an enqueue does not wake it, only `flush` and `close`
     do, so Tune's loop does not hand it the GIL at every report), then writes: a run's
-    consecutive metric reports and tags, with its params when it was just created, go out as
-    one `log_batch` (up to 1,000 values, never splitting a report, so a run holds a report's
-    metrics entirely or not at all). Transient failures are retried with backoff; a write
-    that still fails is logged and kept in `errors`, and the sweep carries on.
+    reports and tags of the round go out as one `log_batch` (up to 1,000 values, never
+    splitting a report, so a run holds a report's metrics entirely or not at all), with its
+    params when it was just created. A new run's creation is held up to `hold_s`, and with it
+    the reports and tags that arrive meanwhile: the tags (where the trial runs) go into
+    `create_run` itself, the reports into one `log_batch`. Anything else for the run
+    (artifacts, its end), a `flush` and `close` write what is held first; so a trial shorter
+    than `hold_s` costs `create_run`, one `log_batch` and `set_terminated`, and a longer one
+    appears in MLflow `hold_s` after it started, then gets its reports each round as before.
+    Transient failures are retried with backoff; a write that still fails is logged and kept
+    in `errors`, and the sweep carries on.
     """
 
     def __init__(
@@ -92,15 +102,18 @@ class MlflowWriter:
         runs: Mapping[str, str] | None = None,
         *,
         linger_s: float = 0.25,
+        hold_s: float = 0.0,
         retries: int = 5,
     ) -> None:
         self.client = client
         self.experiment_id = experiment_id
         self.linger_s = linger_s
+        self.hold_s = hold_s
         self.retries = retries
         self.errors: list[str] = []
         self.failed_keys: set[str] = set()
         self._pending_params: dict[str, list[Any]] = {}  # writer thread only
+        self._held: dict[str, _Pending] = {}  # writer thread only, in the order first held
         self._create_tried: set[str] = set()  # writer thread only
         self._runs: dict[str, str] = dict(runs or {})
         self._artifact_uris: dict[str, str] = {}  # writer thread only: runs it created
@@ -177,7 +190,11 @@ class MlflowWriter:
     def _loop(self) -> None:
         stop = False
         while not stop:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=self._until_due())
+            except queue.Empty:  # something held is due, and nothing else came
+                self._flush_due()
+                continue
             ops: list[_Op | _Stop] = [first]
             if isinstance(first, _Op) and first.kind != "barrier" and self.linger_s > 0:
                 self._urgent.wait(self.linger_s)
@@ -191,38 +208,81 @@ class MlflowWriter:
                 except queue.Empty:
                     break
             stop = self._process(ops)
+            self._flush_due()
+
+    def _until_due(self) -> float | None:
+        """Seconds until the oldest held creation is due to be written; None when none is held
+        (what is held for a run that exists is written at the end of its round)."""
+        held = [p.since for p in self._held.values() if p.open is not None]
+        if not held:
+            return None
+        return max(0.0, min(held) + self.hold_s - time.monotonic())
+
+    def _held_for(self, key: str) -> _Pending:
+        pending = self._held.get(key)
+        if pending is None:
+            pending = self._held[key] = _Pending([], {}, time.monotonic())
+        return pending
 
     def _process(self, ops: list[_Op | _Stop]) -> bool:
-        pending: dict[str, _Pending] = {}
         stop = False
         for op in ops:
             if isinstance(op, _Stop):
                 stop = True
                 continue
             if op.kind == "metrics":
-                pending.setdefault(op.key, _Pending([], {})).reports.extend(op.payload)
+                self._held_for(op.key).reports.extend(op.payload)
                 continue
-            if op.kind == "tags":  # tags go in the run's next log_batch (a later value wins)
-                pending.setdefault(op.key, _Pending([], {})).tags.update(op.payload)
+            if op.kind == "tags":  # tags go in the run's next write (a later value wins)
+                self._held_for(op.key).tags.update(op.payload)
+                continue
+            if op.kind == "open" and self.run_id(op.key) is None and self.hold_s > 0:
+                held = self._held_for(op.key)
+                spec, tags = op.payload
+                # A second open before the first was written (a quick retry): one creation,
+                # its tags the later ones.
+                held.open = (spec, {**(held.open[1] if held.open else {}), **tags})
                 continue
             if op.kind == "barrier":
-                self._flush_all(pending)
+                self._flush_all()
                 op.payload.set()
                 continue
-            if op.key in pending or op.key in self._pending_params:
+            if op.key in self._held or op.key in self._pending_params:
                 # Keep per-run order: what was queued before this op is written before it.
-                self._flush_key(op.key, pending.pop(op.key, None))
+                self._flush_key(op.key)
             self._guard(op.kind, op.key, functools.partial(self._apply, op))
-        self._flush_all(pending)
+        if stop:
+            self._flush_all()
         return stop
 
-    def _flush_all(self, pending: dict[str, _Pending]) -> None:
-        for key in [*pending, *(k for k in self._pending_params if k not in pending)]:
-            self._flush_key(key, pending.get(key))
-        pending.clear()
+    def _flush_due(self) -> None:
+        """At the end of a round: write what is held for runs that exist, the creations held
+        `hold_s` or longer, and the params of runs created since the last round (without
+        `hold_s`, a run is created at once and its params wait for its first reports only
+        until the round ends)."""
+        now = time.monotonic()
+        due = [k for k, p in self._held.items() if p.open is None or p.since + self.hold_s <= now]
+        for key in [*due, *(k for k in self._pending_params if k not in self._held)]:
+            self._flush_key(key)
 
-    def _flush_key(self, key: str, batch: _Pending | None) -> None:
-        reports, tags = (batch.reports, batch.tags) if batch is not None else ([], {})
+    def _flush_all(self) -> None:
+        for key in [*self._held, *(k for k in self._pending_params if k not in self._held)]:
+            self._flush_key(key)
+
+    def _flush_key(self, key: str) -> None:
+        held = self._held.pop(key, None)
+        reports, tags = (held.reports, held.tags) if held is not None else ([], {})
+        if held is not None and held.open is not None:
+            spec, open_tags = held.open
+            # The tags held meanwhile are created with the run: no separate write for them.
+            created = {
+                **open_tags,
+                **{clean_key(k): truncate(str(v), MAX_TAG_VALUE)[0] for k, v in tags.items()},
+            }
+            self._guard("open", key, functools.partial(self._open, key, spec, created))
+            tags = {}
+        if not (reports or tags or key in self._pending_params):
+            return
         kind = "metrics" if reports or not tags else "tags"
         self._guard(kind, key, functools.partial(self._write, key, reports, tags))
 

@@ -63,8 +63,9 @@ def test_the_child_writes_runs_in_order_and_runs_after_in_the_driver_once_the_ru
     exp = tracker.ensure_experiment()
     parent = tracker.ensure_parent({}, run_name="sw")
     client = tracker.client
-    writer = ProcessWriter(tracking_uri, exp, {PARENT: parent}, linger_s=0.05).start()
+    writer = ProcessWriter(tracking_uri, exp, {PARENT: parent}, linger_s=0.05, hold_s=3600).start()
     assert writer.run_id(PARENT) == parent
+    assert writer.flush(timeout=120)  # the child is up and reading
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "state.pt").write_text("weights")
@@ -78,6 +79,8 @@ def test_the_child_writes_runs_in_order_and_runs_after_in_the_driver_once_the_ru
     writer.log_reports("k1", reports[:75])
     writer.log_reports("k1", reports[75:])
     writer.set_tags("k1", {"dab.node": "n1"})
+    time.sleep(0.5)
+    assert writer.run_id("k1") is None  # the child holds the run's creation (hold_s)
     # What the callback sends: a partial over a real Ray Checkpoint, pickled to the child.
     source = functools.partial(_checkpoint_directory, Checkpoint.from_directory(str(ckpt)))
     writer.log_artifacts("k1", source, "checkpoint")
@@ -174,3 +177,42 @@ def test_the_child_exits_when_the_driver_is_sigkilled(tracking_uri: str, tmp_pat
         assert not _alive(child), "the writer outlived its driver"
     finally:
         driver.kill()
+
+
+def test_a_driver_exiting_without_close_writes_what_is_queued_and_does_not_hang(
+    tracking_uri: str, tmp_path: Path
+) -> None:
+    """multiprocessing joins its children at exit and the child ignores SIGTERM, so a driver
+    that never called `close` (an error before it) once waited for it forever. Now the writer
+    closes itself at exit: what was queued, held included, is written, and both processes end."""
+    tracker = SweepTracker(tracking_uri, "sw")
+    exp = tracker.ensure_experiment()
+    script = tmp_path / "driver.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            from workers.tracking.process import ProcessWriter
+            from workers.tracking.runs import RunSpec
+            from workers.tracking.writer import Report
+            if __name__ == "__main__":  # the spawned child imports this file too
+                spec = RunSpec("trial k1", {{"dab.trial_key": "k1", "dab.sweep_id": "sw"}}, {{"lr": "0.1"}}, {{}})
+                writer = ProcessWriter({tracking_uri!r}, {exp!r}, linger_s=0.01, hold_s=3600).start()
+                assert writer.flush(timeout=120)  # the child is up: it ignores SIGTERM now
+                writer.open_run("k1", spec)
+                writer.log_reports("k1", [Report(10, 1, {{"step": 10.0}})])
+                print(writer._process.pid, flush=True)
+                raise SystemExit(3)
+            """
+        )
+    )
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert driver.stdout is not None
+        child = int(driver.stdout.readline())
+        assert driver.wait(120) == 3
+        assert not _alive(child)
+    finally:
+        driver.kill()
+    runs = tracker.client.search_runs([exp], "tags.`dab.trial_key` = 'k1'")
+    assert len(runs) == 1 and runs[0].data.params == {"lr": "0.1"}
+    assert _history(tracker.client, runs[0].info.run_id, "step") == [(10, 10.0)]

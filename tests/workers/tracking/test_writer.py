@@ -8,10 +8,12 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from mlflow import MlflowClient
 
 from workers.tracking import (
@@ -230,16 +232,18 @@ class _CountingClient:
             return attr
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            self.calls.append(name)
-            if name == "log_batch":
-                self.batches.append(
-                    (
-                        len(kwargs.get("params") or []),
-                        len(kwargs.get("tags") or []),
-                        len(kwargs.get("metrics") or []),
+            try:
+                return attr(*args, **kwargs)
+            finally:  # recorded once it returned: a test waiting on `calls` sees it done
+                if name == "log_batch":
+                    self.batches.append(
+                        (
+                            len(kwargs.get("params") or []),
+                            len(kwargs.get("tags") or []),
+                            len(kwargs.get("metrics") or []),
+                        )
                     )
-                )
-            return attr(*args, **kwargs)
+                self.calls.append(name)
 
         return call
 
@@ -287,12 +291,91 @@ def test_a_trials_params_tags_and_metrics_of_one_round_go_in_one_batch_and_all_l
     assert Path(path).read_text() == "weights"
 
 
-def test_flush_does_not_wait_for_the_linger(tracking_uri: str) -> None:
-    """An enqueue does not wake the lingering thread, a flush does: what was queued is written
-    when flush returns, however long the linger."""
+def test_a_held_run_is_created_with_the_tags_held_meanwhile_and_written_in_one_batch(
+    tracking_uri: str,
+) -> None:
+    """With `hold_s`, a new run's creation, reports and tags wait across rounds; its end writes
+    them: `create_run` carrying every tag (the later value of one set twice, keys cleaned as
+    `log_batch` would), one `log_batch` with the params and every report, `set_terminated`.
+    Two opens before the creation make one run, with the later open's tags."""
     tracker = SweepTracker(tracking_uri, "sw")
     exp = tracker.ensure_experiment()
-    writer = MlflowWriter(tracker.client, exp, linger_s=3600).start()
+    counting = _CountingClient(tracker.client)
+    writer = MlflowWriter(counting, exp, linger_s=0.01, hold_s=3600).start()  # type: ignore[arg-type]
+    writer.open_run("k1", _spec("k1", note="n"), {"dab.attempts": "1"})
+    writer.open_run("k1", _spec("k1", note="n"), {"dab.attempts": "2"})
+    for step, node in [(10, "10.0.0.1"), (20, "10.0.0.2"), (30, None)]:
+        time.sleep(0.05)  # separate rounds: the linger is 10 ms
+        writer.log_reports("k1", [Report(step, step, {"step": float(step), "loss": 1.0 / step})])
+        if node is not None:
+            writer.set_tags("k1", {"dab.node": node, "dab.where?": "cpu"})
+    time.sleep(0.3)
+    assert writer.run_id("k1") is None and counting.calls == []  # all of it held
+    writer.terminate("k1", FINISHED)
+    assert writer.close(timeout=60) and writer.errors == []
+
+    assert counting.calls == ["create_run", "log_batch", "set_terminated"]
+    assert counting.batches == [(2, 0, 6)]  # the params and 3 reports x 2 metrics; no tags
+    client = tracker.client
+    runs = client.search_runs([exp], f"tags.`{TAG_TRIAL_KEY}` = 'k1'")
+    assert [r.info.run_id for r in runs] == [_run_id(writer, "k1")]
+    run = runs[0]
+    assert run.info.status == FINISHED and run.data.params == {"lr": "0.01", "note": "n"}
+    assert run.data.tags["dab.attempts"] == "2" and run.data.tags["dab.node"] == "10.0.0.2"
+    assert run.data.tags["dab.where_"] == "cpu"
+    assert _history(client, run.info.run_id, "step") == [(10, 10.0), (20, 20.0), (30, 30.0)]
+
+
+def _wait_for(predicate: Callable[[], bool], what: Any) -> None:
+    deadline = time.monotonic() + 60
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_a_held_creation_is_written_when_it_is_due_with_nothing_else_queued(tracking_uri: str) -> None:
+    """A new run's held creation goes out `hold_s` after it was held, without a flush or
+    another op: the thread wakes for it."""
+    tracker = SweepTracker(tracking_uri, "sw")
+    exp = tracker.ensure_experiment()
+    counting = _CountingClient(tracker.client)
+    writer = MlflowWriter(counting, exp, linger_s=0.01, hold_s=0.2).start()  # type: ignore[arg-type]
+    writer.open_run("k1", _spec("k1"))
+    writer.log_reports("k1", [Report(10, 1, {"step": 10.0})])
+    _wait_for(lambda: counting.calls == ["create_run", "log_batch"], counting.calls)
+    run_id = _run_id(writer, "k1")
+    assert _history(tracker.client, run_id, "step") == [(10, 10.0)]
+    assert tracker.client.get_run(run_id).info.status == "RUNNING"
+    assert writer.close(timeout=60) and writer.errors == []
+
+
+def test_once_a_run_exists_its_reports_are_not_held(tracking_uri: str) -> None:
+    """Only a creation is held: a run that exists (created here, or found at start-up) gets
+    each round's reports and tags at the end of the round, however long `hold_s`."""
+    tracker = SweepTracker(tracking_uri, "sw")
+    exp = tracker.ensure_experiment()
+    found = tracker.client.create_run(exp, tags={TAG_TRIAL_KEY: "k2"}).info.run_id
+    counting = _CountingClient(tracker.client)
+    writer = MlflowWriter(counting, exp, {"k2": found}, linger_s=0.01, hold_s=3600).start()  # type: ignore[arg-type]
+    writer.open_run("k1", _spec("k1"))
+    writer.log_reports("k1", [Report(10, 1, {"step": 10.0})])
+    assert writer.flush(timeout=60)  # writes the held creation
+    assert counting.calls == ["create_run", "log_batch"]
+    run_id = _run_id(writer, "k1")
+    writer.log_reports("k1", [Report(20, 2, {"step": 20.0})])
+    writer.set_tags("k2", {"dab.node": "n2"})
+    _wait_for(lambda: _history(tracker.client, run_id, "step") == [(10, 10.0), (20, 20.0)], counting.calls)
+    _wait_for(lambda: tracker.client.get_run(found).data.tags.get("dab.node") == "n2", counting.calls)
+    assert writer.close(timeout=60) and writer.errors == []
+
+
+@pytest.mark.parametrize("hold_s", [0.0, 3600.0])
+def test_flush_does_not_wait_for_the_linger(tracking_uri: str, hold_s: float) -> None:
+    """An enqueue does not wake the lingering thread, a flush does: what was queued is written
+    when flush returns, however long the linger and the hold."""
+    tracker = SweepTracker(tracking_uri, "sw")
+    exp = tracker.ensure_experiment()
+    writer = MlflowWriter(tracker.client, exp, linger_s=3600, hold_s=hold_s).start()
     writer.open_run("k1", _spec("k1"))
     writer.log_reports("k1", [Report(10, 1, {"step": 10.0})])
     assert writer.flush(timeout=120)
