@@ -261,12 +261,14 @@ class MlflowWriter:
         `hold_s`, a run is created at once and its params wait for its first reports only
         until the round ends)."""
         now = time.monotonic()
-        due = [k for k, p in self._held.items() if p.open is None or p.since + self.hold_s <= now]
-        for key in [*due, *(k for k in self._pending_params if k not in self._held)]:
-            self._flush_key(key)
+        self._flush([k for k, p in self._held.items() if p.open is None or p.since + self.hold_s <= now])
 
     def _flush_all(self) -> None:
-        for key in [*self._held, *(k for k in self._pending_params if k not in self._held)]:
+        self._flush(list(self._held))
+
+    def _flush(self, keys: list[str]) -> None:
+        """Write `keys`' held work, then the params still waiting for runs not held."""
+        for key in [*keys, *(k for k in self._pending_params if k not in self._held)]:
             self._flush_key(key)
 
     def _flush_key(self, key: str) -> None:
@@ -275,10 +277,7 @@ class MlflowWriter:
         if held is not None and held.open is not None:
             spec, open_tags = held.open
             # The tags held meanwhile are created with the run: no separate write for them.
-            created = {
-                **open_tags,
-                **{clean_key(k): truncate(str(v), MAX_TAG_VALUE)[0] for k, v in tags.items()},
-            }
+            created = {**open_tags, **_tag_values(tags)}
             self._guard("open", key, functools.partial(self._open, key, spec, created))
             tags = {}
         if not (reports or tags or key in self._pending_params):
@@ -395,7 +394,7 @@ class MlflowWriter:
 
         run_id = self._require(key)
         params = self._pending_params.get(key, [])
-        run_tags = [RunTag(clean_key(k), truncate(str(v), MAX_TAG_VALUE)[0]) for k, v in (tags or {}).items()]
+        run_tags = [RunTag(k, v) for k, v in _tag_values(tags or {}).items()]
         head: list[Any] = [*params, *run_tags]
         batches: list[tuple[list[Any], list[Any], list[Metric]]] = []
         for i in range(0, len(head), MAX_PARAMS_TAGS_PER_BATCH):
@@ -436,6 +435,11 @@ class MlflowWriter:
                 if not metrics and params and params[0].key in data.params:
                     return
             raise
+
+
+def _tag_values(tags: Mapping[str, Any]) -> dict[str, str]:
+    """`tags` as MLflow takes them: keys cleaned, values as text cut to MLflow's limit."""
+    return {clean_key(k): truncate(str(v), MAX_TAG_VALUE)[0] for k, v in tags.items()}
 
 
 def _transient(error: Exception) -> bool:

@@ -54,6 +54,13 @@ def _alive(pid: int) -> bool:
         return f.read().split()[2] != "Z"
 
 
+def _driver(tmp_path: Path, source: str) -> subprocess.Popen[str]:
+    """A driver process running `source` (dedented), its stdout piped."""
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent(source))
+    return subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+
+
 def test_the_child_writes_runs_in_order_and_runs_after_in_the_driver_once_the_run_ended(
     tracking_uri: str, tmp_path: Path
 ) -> None:
@@ -152,19 +159,16 @@ def test_the_child_ignores_sigterm_and_a_child_killed_is_an_error_not_a_hang(tra
 def test_the_child_exits_when_the_driver_is_sigkilled(tracking_uri: str, tmp_path: Path) -> None:
     tracker = SweepTracker(tracking_uri, "sw")
     exp = tracker.ensure_experiment()
-    script = tmp_path / "driver.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import sys, time
-            from workers.tracking.process import ProcessWriter
-            writer = ProcessWriter({tracking_uri!r}, {exp!r}).start()
-            print(writer._process.pid, flush=True)
-            time.sleep(600)
-            """
-        )
+    driver = _driver(
+        tmp_path,
+        f"""
+        import sys, time
+        from workers.tracking.process import ProcessWriter
+        writer = ProcessWriter({tracking_uri!r}, {exp!r}).start()
+        print(writer._process.pid, flush=True)
+        time.sleep(600)
+        """,
     )
-    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         assert driver.stdout is not None
         child = int(driver.stdout.readline())
@@ -187,25 +191,22 @@ def test_a_driver_exiting_without_close_writes_what_is_queued_and_does_not_hang(
     closes itself at exit: what was queued, held included, is written, and both processes end."""
     tracker = SweepTracker(tracking_uri, "sw")
     exp = tracker.ensure_experiment()
-    script = tmp_path / "driver.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            from workers.tracking.process import ProcessWriter
-            from workers.tracking.runs import RunSpec
-            from workers.tracking.writer import Report
-            if __name__ == "__main__":  # the spawned child imports this file too
-                spec = RunSpec("trial k1", {{"dab.trial_key": "k1", "dab.sweep_id": "sw"}}, {{"lr": "0.1"}}, {{}})
-                writer = ProcessWriter({tracking_uri!r}, {exp!r}, linger_s=0.01, hold_s=3600).start()
-                assert writer.flush(timeout=120)  # the child is up: it ignores SIGTERM now
-                writer.open_run("k1", spec)
-                writer.log_reports("k1", [Report(10, 1, {{"step": 10.0}})])
-                print(writer._process.pid, flush=True)
-                raise SystemExit(3)
-            """
-        )
+    driver = _driver(
+        tmp_path,
+        f"""
+        from workers.tracking.process import ProcessWriter
+        from workers.tracking.runs import RunSpec
+        from workers.tracking.writer import Report
+        if __name__ == "__main__":  # the spawned child imports this file too
+            spec = RunSpec("trial k1", {{"dab.trial_key": "k1", "dab.sweep_id": "sw"}}, {{"lr": "0.1"}}, {{}})
+            writer = ProcessWriter({tracking_uri!r}, {exp!r}, linger_s=0.01, hold_s=3600).start()
+            assert writer.flush(timeout=120)  # the child is up: it ignores SIGTERM now
+            writer.open_run("k1", spec)
+            writer.log_reports("k1", [Report(10, 1, {{"step": 10.0}})])
+            print(writer._process.pid, flush=True)
+            raise SystemExit(3)
+        """,
     )
-    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         assert driver.stdout is not None
         child = int(driver.stdout.readline())

@@ -225,6 +225,13 @@ class _CountingClient:
         self.real = real
         self.calls: list[str] = []
         self.batches: list[tuple[int, int, int]] = []  # (params, tags, metrics) a log_batch
+        self._returned = threading.Condition()  # notified as each call returns
+
+    def wait_for_calls(self, *expected: str) -> bool:
+        """Block until the calls made so far are `expected` (each one returned); False if
+        that did not happen within a minute (a hang guard, not a measurement)."""
+        with self._returned:
+            return self._returned.wait_for(lambda: self.calls == list(expected), timeout=60)
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.real, name)
@@ -243,7 +250,9 @@ class _CountingClient:
                             len(kwargs.get("metrics") or []),
                         )
                     )
-                self.calls.append(name)
+                with self._returned:
+                    self.calls.append(name)
+                    self._returned.notify_all()
 
         return call
 
@@ -326,13 +335,6 @@ def test_a_held_run_is_created_with_the_tags_held_meanwhile_and_written_in_one_b
     assert _history(client, run.info.run_id, "step") == [(10, 10.0), (20, 20.0), (30, 30.0)]
 
 
-def _wait_for(predicate: Callable[[], bool], what: Any) -> None:
-    deadline = time.monotonic() + 60
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
-
-
 def test_a_held_creation_is_written_when_it_is_due_with_nothing_else_queued(tracking_uri: str) -> None:
     """A new run's held creation goes out `hold_s` after it was held, without a flush or
     another op: the thread wakes for it."""
@@ -342,7 +344,7 @@ def test_a_held_creation_is_written_when_it_is_due_with_nothing_else_queued(trac
     writer = MlflowWriter(counting, exp, linger_s=0.01, hold_s=0.2).start()  # type: ignore[arg-type]
     writer.open_run("k1", _spec("k1"))
     writer.log_reports("k1", [Report(10, 1, {"step": 10.0})])
-    _wait_for(lambda: counting.calls == ["create_run", "log_batch"], counting.calls)
+    assert counting.wait_for_calls("create_run", "log_batch"), counting.calls
     run_id = _run_id(writer, "k1")
     assert _history(tracker.client, run_id, "step") == [(10, 10.0)]
     assert tracker.client.get_run(run_id).info.status == "RUNNING"
@@ -364,8 +366,10 @@ def test_once_a_run_exists_its_reports_are_not_held(tracking_uri: str) -> None:
     run_id = _run_id(writer, "k1")
     writer.log_reports("k1", [Report(20, 2, {"step": 20.0})])
     writer.set_tags("k2", {"dab.node": "n2"})
-    _wait_for(lambda: _history(tracker.client, run_id, "step") == [(10, 10.0), (20, 20.0)], counting.calls)
-    _wait_for(lambda: tracker.client.get_run(found).data.tags.get("dab.node") == "n2", counting.calls)
+    # One batch each, at the end of the round: no flush, and nothing waits for the hold.
+    assert counting.wait_for_calls("create_run", "log_batch", "log_batch", "log_batch"), counting.calls
+    assert _history(tracker.client, run_id, "step") == [(10, 10.0), (20, 20.0)]
+    assert tracker.client.get_run(found).data.tags["dab.node"] == "n2"
     assert writer.close(timeout=60) and writer.errors == []
 
 
