@@ -313,6 +313,8 @@ def kill_driver_then_rerun(tmp_path: Path) -> Callable[..., None]:
             if after_kill is not None:
                 after_kill()
             second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+            # kept beside the first driver's log: a test that fails after the rerun reads both
+            (tmp_path / "driver-2.log").write_text(second.stdout + second.stderr)
             assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
         finally:
             log.close()

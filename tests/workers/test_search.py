@@ -191,7 +191,11 @@ def test_a_search_whose_driver_is_killed_resumes_without_duplicates_or_losses(
 
     view = mlflow_sweep(tracking_uri, "search-kill")
     keys = [r.data.tags["dab.trial_key"] for r in view.children]
-    assert len(keys) == len(set(keys)) == 12  # no duplicate run, none lost
+    status = json.loads((sweep_dir / "status.json").read_text())
+    seen = {k: (t["state"], t["attempts"]) for k, t in status["trials"].items()}
+    rerun = (tmp_path / "driver-2.log").read_text()[-2000:]
+    # no duplicate run, none lost (on failure: what the rerun saw and printed)
+    assert len(keys) == len(set(keys)) == 12, f"runs {sorted(keys)}; status {seen}; rerun:\n{rerun}"
     assert all(r.info.status == "FINISHED" for r in view.children)
     assert len(view.parents) == 1 and view.parents[0].info.status == "FINISHED"
     by_config = configs_of(view)

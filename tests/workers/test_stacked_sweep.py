@@ -127,8 +127,8 @@ def test_a_stacked_sweep_whose_driver_is_killed_resumes_without_duplicates_or_ga
         return list(mlflow_sweep(tracking_uri, "stack-kill").children)
 
     def mid_sweep() -> bool:
-        # From status.json, as the service reads progress: MLflow shows a new run only once
-        # the writer's hold (3 s) is over, and a group here trains in a few seconds.
+        # From status.json, as the service reads progress: MLflow lags it by the writer's
+        # linger (and its hold, when one is set), and a group here trains in a few seconds.
         try:
             trials = json.loads((sweep_dir / "status.json").read_text())["trials"].values()
         except (OSError, ValueError, KeyError):

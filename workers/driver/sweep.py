@@ -201,7 +201,7 @@ def run_sweep(
     checkpoints_to_keep: int = DEFAULT_CHECKPOINTS_TO_KEEP,
     verbose: int = 0,
     linger_s: float = 1.0,
-    hold_s: float = 3.0,
+    hold_s: float = 0.0,
     prune_checkpoints: bool = True,
     extra_tags: Mapping[str, str] | None = None,
 ) -> SweepOutcome:
@@ -225,11 +225,11 @@ def run_sweep(
         hold_s: how long the writer holds a new run's creation, with the reports and tags
             that arrive meanwhile, to write them together (`MlflowWriter`): a trial shorter
             than this costs MLflow three requests (create with its tags, one ``log_batch``,
-            end); a longer one shows in MLflow `hold_s` after it started, then gets its reports
-            within `linger_s` as before. 3 s: for the orchestration benchmark's one-second
-            trials it took the writer from 1.8 ``log_batch`` calls a trial to 1 and the tags'
-            write into the creation (`docs/workers.md`); the service's progress reads
-            ``status.json``, not MLflow, so it shows a trial from its start.
+            end); a longer one shows in MLflow `hold_s` after it started. Off by default: at
+            3 s it saved about 5% of the writer process's CPU (`bench/tracking_writer.py`) and
+            nothing measurable of the 1,000-trial wall (1.12 against 1.10-1.16 without), and
+            CI's run of the search SIGKILL test with it on lost three configurations' runs
+            once, which 40 kill-and-rerun cycles here did not reproduce (`docs/workers.md`).
         prune_checkpoints: delete a finished trial's checkpoints from Tune's storage once its
             final checkpoint is an MLflow artifact.
         extra_tags: MLflow tags for the parent run and every trial run (the service's
