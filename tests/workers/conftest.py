@@ -291,7 +291,7 @@ def kill_driver_then_rerun(tmp_path: Path) -> Callable[..., None]:
     """``kill_driver_then_rerun(argv, env, until, what, ray_tmpdir, after_kill=None)``: start the
     driver CLI, SIGKILL it once ``until()`` holds (it must still be running then), call
     ``after_kill()``, run it again to the end (exit 0), and kill whatever the two left under
-    `ray_tmpdir`."""
+    `ray_tmpdir`. The drivers' output stays in tmp_path: ``driver-1.log``, ``driver-2.log``."""
     import subprocess
 
     def run(
@@ -313,7 +313,6 @@ def kill_driver_then_rerun(tmp_path: Path) -> Callable[..., None]:
             if after_kill is not None:
                 after_kill()
             second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
-            # kept beside the first driver's log: a test that fails after the rerun reads both
             (tmp_path / "driver-2.log").write_text(second.stdout + second.stderr)
             assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
         finally:

@@ -229,7 +229,7 @@ def run_sweep(
             3 s it saved about 5% of the writer process's CPU (`bench/tracking_writer.py`) and
             nothing measurable of the 1,000-trial wall (1.12 against 1.10-1.16 without), and
             CI's run of the search SIGKILL test with it on lost three configurations' runs
-            once, which 40 kill-and-rerun cycles here did not reproduce (`docs/workers.md`).
+            once, which did not reproduce here (`docs/workers.md`, "Off by default").
         prune_checkpoints: delete a finished trial's checkpoints from Tune's storage once its
             final checkpoint is an MLflow artifact.
         extra_tags: MLflow tags for the parent run and every trial run (the service's
