@@ -118,6 +118,12 @@ class Location:
             i.base_name for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.Directory
         )
 
+    def files(self) -> list[str]:
+        """Names of the files directly under this location (empty when there is none)."""
+        pafs = _pafs()
+        selector = pafs.FileSelector(self.path, allow_not_found=True)
+        return sorted(i.base_name for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.File)
+
     def read_bytes(self, limit: int | None = None) -> bytes:
         """The file's bytes (at most `limit` + 1, so a caller can tell it was longer).
 

@@ -12,10 +12,11 @@ state; the scheduler it does not save, so `SchedulerState` carries it in the cal
 which Tune saves and restores with the experiment. Schedulers that key trials by object
 (`MedianStoppingRule`) are given trials by id (`_ById`) so that their state survives a
 restore, where Tune rebuilds its trial objects. The experiment state is saved after every
-step of Tune's loop (``TUNE_GLOBAL_CHECKPOINT_S=0``), so a proposal is on storage before its
-trial starts: a driver killed at any point restores a searcher that has seen every trial
-that ran. A restored sampler proposes what the lost one would have, so even a window between
-the two would re-propose the same configuration (same trial keys, same MLflow runs).
+step of Tune's loop (``TUNE_GLOBAL_CHECKPOINT_S=0``), so a proposal is on storage soon after it
+is made. Tune copies its state files to storage one by one while it writes the next save, so a
+killed driver can leave a searcher ahead of the trials or behind them: the next driver makes
+them agree before it restores (`workers.driver.search_state`), proposing again what has no
+trial (`DabSearch.replay`: the same configuration, trial keys and MLflow runs).
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ class DabSearch(OptunaSearch):  # type: ignore[misc]
         )
         self.spec_data = dict(spec_data)
         self.proposed: list[dict[str, Any]] = []  # cells, in proposal order (configuration index)
+        self.ids: list[str] = []  # the Tune trial id of each proposal, by configuration index
+        # configuration indexes to propose again before sampling: proposals whose trials a
+        # restored experiment lacks (`workers.driver.search_state.repair_saved_search`)
+        self.replay: list[int] = []
         self._proposed_keys: set[str] = set()
         self.refused: list[str] = []  # why proposals were refused, for the status notes
         self._spec: Any = None
@@ -96,7 +101,9 @@ class DabSearch(OptunaSearch):  # type: ignore[misc]
         return {k: v for k, v in self.__dict__.items() if k != "_spec"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"ids": [], "replay": [], **state})
+        # a state saved before ids were kept: unknown ids, so that indexes stay aligned
+        self.ids += [""] * (len(self.proposed) - len(self.ids))
         self._spec = None
 
     def save(self, checkpoint_path: str) -> None:
@@ -119,11 +126,51 @@ class DabSearch(OptunaSearch):  # type: ignore[misc]
         study.tell(self._ot_trials.pop(trial_id), state=TrialState.FAIL)
         self.refused.append(why)
 
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if trial_id in self._ot_trials:  # not: a trial restored beyond what this state saw
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        if trial_id not in self._ot_trials:
+            log.warning("trial %s is not one Optuna was asked for (restored state): not told", trial_id)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+    def _config(self, index: int, cell: dict[str, Any]) -> dict[str, Any]:
+        """The Tune trial config of configuration `index`: its cell and its seeds' trials."""
+        from workers.spec.expand import search_trials
+
+        trials = search_trials(self._parsed(), [cell], first=index)
+        keys = [t.trial_key for t in trials]
+        return {
+            TRIAL_KEY: group_key_of(keys),
+            INDEX: index,
+            CELL: cell,
+            MEMBERS: [
+                {"trial_key": t.trial_key, "seed": t.seed, "replicate": t.replicate, "config": t.config}
+                for t in trials
+            ],
+        }
+
+    def _replayed(self, trial_id: str) -> dict[str, Any]:
+        """Configuration `replay[0]` proposed again, as the trial `trial_id`: the same cell and
+        trial keys (so the same MLflow runs), its Optuna trial handed over when still open."""
+        index = self.replay.pop(0)
+        old = self.ids[index]
+        if old in self._ot_trials and old not in self._completed_trials:
+            self._ot_trials[trial_id] = self._ot_trials.pop(old)
+        self.ids[index] = trial_id
+        log.warning("configuration %d proposed again: the restored experiment had no trial of it", index)
+        return self._config(index, self.proposed[index])
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         from workers.spec import SpecError
-        from workers.spec.expand import search_trials
         from workers.spec.search import decode
 
+        if self.replay:
+            return self._replayed(trial_id)
         spec = self._parsed()
         for _ in range(MAX_DUPLICATE_PROPOSALS):
             sampled = super().suggest(trial_id)
@@ -136,22 +183,14 @@ class DabSearch(OptunaSearch):  # type: ignore[misc]
                 continue
             index = len(self.proposed)
             try:
-                trials = search_trials(spec, [cell], first=index)
+                config = self._config(index, cell)
             except SpecError as e:
                 self._drop(trial_id, f"refused by the family: {e}")
                 continue
             self.proposed.append(cell)
+            self.ids.append(trial_id)
             self._proposed_keys.add(ck)
-            keys = [t.trial_key for t in trials]
-            return {
-                TRIAL_KEY: group_key_of(keys),
-                INDEX: index,
-                CELL: cell,
-                MEMBERS: [
-                    {"trial_key": t.trial_key, "seed": t.seed, "replicate": t.replicate, "config": t.config}
-                    for t in trials
-                ],
-            }
+            return config
         log.info("no new configuration in %d proposals: the space is exhausted", MAX_DUPLICATE_PROPOSALS)
         return Searcher.FINISHED  # type: ignore[return-value]  # Tune's "no more" sentinel
 

@@ -513,7 +513,8 @@ def _run_tune(spec: Any, pending: Sequence[Any], session: _TuneSession) -> tuple
 def _run_search(spec: Any, session: _TuneSession) -> tuple[Location, bool]:
     """A search under Tune (`workers.driver.search`): its configurations' trials are registered
     as the callback meets them (proposed now, or restored from the last driver's experiment)."""
-    from workers.driver.tuner import build_search_tuner
+    from workers.driver.search_state import repair_saved_search
+    from workers.driver.tuner import SEARCH_EXPERIMENT, build_search_tuner
     from workers.spec import Trial
     from workers.spec.expand import cell_key_of
     from workers.tracking import FINISHED, TAG_CONFIG_INDEX
@@ -552,6 +553,9 @@ def _run_search(spec: Any, session: _TuneSession) -> tuple[Location, bool]:
         status.write()
 
     callback = session.callback({}, {}, discover=discover)
+    # Tune's saved files of a search can come from different saves (workers.driver.search_state)
+    for note in repair_saved_search(session.location.child(TUNE_DIR, SEARCH_EXPERIMENT)):
+        status.note(note)
     tuner, path, restored = build_search_tuner(
         spec,
         make_group_trainable(resources, stacked=spec.execution.seeds == "stacked"),
