@@ -15,7 +15,6 @@ Prints, for each hold, the CPU a trial over ABBA runs, and the ratio against the
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import resource
 import shutil
@@ -75,7 +74,7 @@ def _setup(work: Path, n: int) -> tuple[str, Any, str, str, dict[str, Any], Any]
     from ray.train import Checkpoint
 
     from workers.tracking import SweepTracker, configure_sqlite, trial_run_spec
-    from workers.tracking.callback import _checkpoint_directory
+    from workers.tracking.callback import artifact_source
 
     work.mkdir(parents=True)
     uri = f"sqlite:///{work}/mlflow.db"
@@ -92,7 +91,7 @@ def _setup(work: Path, n: int) -> tuple[str, Any, str, str, dict[str, Any], Any]
     checkpoint.mkdir()
     (checkpoint / "model.pt").write_bytes(os.urandom(20_000))
     (checkpoint / "dab_history.json").write_text("[]")
-    source = functools.partial(_checkpoint_directory, Checkpoint.from_directory(str(checkpoint)))
+    source = artifact_source(Checkpoint.from_directory(str(checkpoint)))  # as the callback sends it
     return uri, tracker, exp, parent, specs, source
 
 

@@ -135,3 +135,10 @@ def test_trials_the_saved_searcher_never_proposed_are_made_known_to_it(
     original = {p.name: p.read_bytes() for p in _experiment(sweep_dir).iterdir() if p.is_file()}
     assert repair_saved_search(open_location(str(_experiment(sweep_dir)))) == []
     assert {p.name: p.read_bytes() for p in _experiment(sweep_dir).iterdir() if p.is_file()} == original
+    # a trials' file cut short (a copy killed midway) is Tune's to report: nothing is changed
+    state_path = Path(max(glob.glob(str(copy / "experiment_state-*"))))
+    state_path.write_bytes(state_path.read_bytes()[:100])
+    generator_path.write_bytes(cloudpickle.dumps({**generator, "counter": 2}))
+    before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()}
+    assert repair_saved_search(open_location(str(copy))) == []
+    assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before

@@ -18,7 +18,7 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +52,13 @@ class Report:
     step: int
     time_ms: int
     values: dict[str, float]
+
+
+@contextlib.contextmanager
+def local_directory(path: str, member: int | None = None) -> Iterator[str]:
+    """A local checkpoint directory as an artifact source (`workers.tracking.callback.artifact_source`);
+    a configuration's member `member`: its own part of it."""
+    yield path if member is None else f"{path}/member-{member}"
 
 
 class _Stop:

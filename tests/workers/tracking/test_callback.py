@@ -204,3 +204,34 @@ def test_placement_is_tagged_at_each_attempt_and_on_every_move(tmp_path: Any) ->
         assert status.data["trials"]["k"]["nodes"] == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
     finally:
         callback.unregister()
+
+
+def test_a_local_checkpoint_reaches_the_writer_process_as_a_path_without_ray(tmp_path: Any) -> None:
+    """The writer process unpickles the artifact source: a local checkpoint's must not import
+    Ray there (about a second of its CPU a sweep); an S3 one is the checkpoint, to download."""
+    import subprocess
+    import sys
+
+    from pyarrow.fs import S3FileSystem
+    from ray.train import Checkpoint
+
+    from workers.tracking.callback import _checkpoint_directory, artifact_source
+    from workers.tracking.writer import local_directory
+
+    (tmp_path / "member-1").mkdir()
+    source = artifact_source(Checkpoint.from_directory(str(tmp_path)), 1)
+    assert source.func is local_directory  # type: ignore[attr-defined]
+    with source() as directory:
+        assert directory == f"{tmp_path}/member-1"
+    child = (
+        "import pickle, sys\n"
+        "source = pickle.loads(sys.stdin.buffer.read())\n"
+        "with source() as d:\n"
+        "    print(d, 'ray' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", child], input=pickle.dumps(source), capture_output=True, check=True
+    )
+    assert out.stdout.decode().split() == [f"{tmp_path}/member-1", "False"]
+    remote = Checkpoint("bucket/ckpt", filesystem=S3FileSystem(endpoint_override="127.0.0.1:1"))
+    assert artifact_source(remote).func is _checkpoint_directory  # type: ignore[attr-defined]

@@ -6,7 +6,6 @@ Real MLflow (SQLite stores under tmp_path), a real spawned child; Ray only for a
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import subprocess
@@ -27,7 +26,7 @@ from workers.tracking import (
     RunSpec,
     SweepTracker,
 )
-from workers.tracking.callback import _checkpoint_directory
+from workers.tracking.callback import artifact_source
 from workers.tracking.process import ProcessWriter
 
 
@@ -88,8 +87,8 @@ def test_the_child_writes_runs_in_order_and_runs_after_in_the_driver_once_the_ru
     writer.set_tags("k1", {"dab.node": "n1"})
     time.sleep(0.5)
     assert writer.run_id("k1") is None  # the child holds the run's creation (hold_s)
-    # What the callback sends: a partial over a real Ray Checkpoint, pickled to the child.
-    source = functools.partial(_checkpoint_directory, Checkpoint.from_directory(str(ckpt)))
+    # What the callback sends for a real Ray Checkpoint, pickled to the child.
+    source = artifact_source(Checkpoint.from_directory(str(ckpt)))
     writer.log_artifacts("k1", source, "checkpoint")
     writer.terminate("k1", FINISHED, after=after)
     writer.set_tags(PARENT, {"dab.note": "parent"})
