@@ -379,6 +379,8 @@ def run_sweep(
             raise
         finally:
             outcome.signal = signals.received
+            if not signals.wait_stopped(30):  # on_stop's flush waits 2 s at most
+                log.error("ending the runs on %s took over 30 s; finishing without it", outcome.signal)
             _finish(outcome, status, writer, tracker, holder.callback, error)
             if holder.callback is not None:
                 holder.callback.unregister()
