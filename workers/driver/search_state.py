@@ -83,44 +83,43 @@ def repair_saved_search(experiment: Location) -> list[str]:
     searcher_name = _newest(names, SEARCHER_PREFIX)
     if not (state_name and generator_name and searcher_name):
         return []
+    from workers.driver.search import DabSearch
+
     try:
         trials = saved_trials(experiment, state_name)
         generator = cloudpickle.loads(experiment.child(generator_name).read_bytes())
-        searcher = pickle.loads(experiment.child(searcher_name).read_bytes())
+        # read as `DabSearch.restore` reads it (a state from before `ids` is aligned there)
+        searcher = DabSearch.__new__(DabSearch)
+        searcher.__setstate__(pickle.loads(experiment.child(searcher_name).read_bytes()))
     except Exception as e:  # unreadable here is Tune's to report as it restores: left as it is
         log.warning("the saved search at %s was not checked (%s: %s)", experiment.uri, type(e).__name__, e)
         return []
-    proposed: list[dict[str, Any]] = searcher["proposed"]
-    ids: list[str] = list(searcher.get("ids", [])) + [""] * (len(proposed) - len(searcher.get("ids", [])))
+    proposed = searcher.proposed
     notes: list[str] = []
     searcher_changed = generator_changed = False
 
     lost = [i for i in range(len(proposed)) if i not in trials]
-    if lost != list(searcher.get("replay", [])):
-        searcher["replay"] = lost
+    if lost != searcher.replay:
+        searcher.replay = lost
         searcher_changed = True
         if lost:
             notes.append(
                 f"Tune's saved search had proposed configuration(s) {lost} without their trials "
                 "(its state files were copied from different saves): they are proposed again"
             )
-    ahead = sorted(i for i in trials if i >= len(proposed))
-    if ahead:
-        added = []
-        for i in range(len(proposed), max(ahead) + 1):
-            if i not in trials:  # a gap: nothing says what was proposed there
-                break
-            trial_id, cell = trials[i]
-            proposed.append(cell)
-            ids.append(trial_id)
-            searcher["_proposed_keys"].add(value_key(cell))
-            added.append(i)
+    added = []
+    while len(proposed) in trials:  # trials beyond the proposals, up to the first gap
+        trial_id, cell = trials[len(proposed)]
+        added.append(len(proposed))
+        proposed.append(cell)
+        searcher.ids.append(trial_id)
+        searcher._proposed_keys.add(value_key(cell))
+    if added:
         searcher_changed = True
         notes.append(
             f"Tune's saved trials held configuration(s) {added} that its saved searcher had not "
             "proposed: the searcher now knows them (Optuna is not told their results)"
         )
-    searcher["ids"] = ids
 
     if generator["counter"] != len(trials):
         generator["counter"] = len(trials)
@@ -138,7 +137,9 @@ def repair_saved_search(experiment: Location) -> list[str]:
             generator_changed = True
 
     if searcher_changed:
-        experiment.child(searcher_name).write_bytes(pickle.dumps(searcher))
+        experiment.child(searcher_name).write_bytes(
+            pickle.dumps(searcher.__getstate__())
+        )  # as DabSearch.save
     if generator_changed:
         experiment.child(generator_name).write_bytes(cloudpickle.dumps(generator))
     for note in notes:

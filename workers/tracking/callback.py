@@ -97,8 +97,8 @@ def _step_of(values: Mapping[str, Any]) -> float | None:
 @contextlib.contextmanager
 def _checkpoint_directory(checkpoint: Any, member: int | None = None) -> Iterator[str]:
     """The checkpoint's directory; a configuration's member `member`: its own part of it."""
-    with checkpoint.as_directory() as directory:
-        yield directory if member is None else f"{directory}/member-{member}"
+    with checkpoint.as_directory() as directory, local_directory(directory, member) as part:
+        yield part
 
 
 def artifact_source(checkpoint: Any, member: int | None = None) -> Callable[[], Any]:
